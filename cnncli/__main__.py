@@ -1,0 +1,3 @@
+from cnncli.cli.app import main
+
+main()
