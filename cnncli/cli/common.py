@@ -26,7 +26,7 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--set",
-        help="Override a config value: key.path=value (YAML flow value; [i] for list items). "
+        help="Override a config value: key.path=value (YAML flow value; \\[i] for list items). "
         "Repeatable.",
         metavar="KEY=VALUE",
     ),

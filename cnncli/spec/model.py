@@ -98,7 +98,7 @@ class Pool:
 @dataclass(frozen=True)
 class FC:
     name: str                       # fc1, fc2, ...
-    in_shape: Shape                 # as produced by the previous layer; flattened in (C, H, W) order
+    in_shape: Shape                 # from the previous layer; flattened in (C, H, W) order
     out_shape: Shape                # (units,)
     units: int
     activation: Activation
@@ -219,5 +219,6 @@ class Config:
     model: NetSpec
     data: DataSpec
     train: TrainSpec
-    source: str | None = None       # the file it came from, for messages
+    source: str | None = field(default=None, compare=False)  # the file it came from
     resolved: dict[str, Any] = field(default_factory=dict, compare=False)  # every default filled
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # for the CLI to show
