@@ -116,7 +116,9 @@ def _check_header(raw: bytes, where: str) -> tuple[dict, int]:
     pos = 0
     for start, end, name in spans:
         if start != pos:
-            raise CheckpointError(f"'{where}': tensor '{name}' overlaps or leaves a gap in the data")
+            raise CheckpointError(
+                f"'{where}': tensor '{name}' overlaps or leaves a gap in the data"
+            )
         pos = end
     if pos != body:
         raise CheckpointError(f"'{where}': {body - pos:,} unexpected bytes after the last tensor")
@@ -153,7 +155,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
             meta_raw[MAGIC_KEY], object_pairs_hook=_no_dupes, parse_constant=_reject_constant
         )
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"'{where}': metadata '{MAGIC_KEY}' is not valid JSON ({e})") from None
+        raise CheckpointError(
+            f"'{where}': metadata '{MAGIC_KEY}' is not valid JSON ({e})"
+        ) from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"'{where}': metadata '{MAGIC_KEY}' is not a JSON object")
     version = meta.get("format_version")
@@ -220,7 +224,9 @@ def load_model(path: str | os.PathLike):
     try:
         cfg = load_config(config)
     except Exception as e:  # noqa: BLE001 - any config problem means a bad checkpoint
-        raise CheckpointError(f"'{file}': the config stored in the checkpoint is invalid: {e}")
+        raise CheckpointError(
+            f"'{file}': the config stored in the checkpoint is invalid: {e}"
+        ) from None
     dtypes = {str(t.dtype) for k, t in tensors.items() if not k.startswith(OPTIM_PREFIX)}
     dtype = "float64" if dtypes == {"float64"} else "float32"
     net = Network(cfg.model, dtype=dtype, seed=0)

@@ -1,0 +1,895 @@
+"""The training loop: data, steps, validation, checkpoints, resume, stopping.
+
+Library code: nothing here prints. Progress goes to a ``Callbacks`` object (the CLI draws
+bars or writes lines from it) and failures are raised as ``CnncliError`` subclasses.
+
+Reproducibility: every random choice derives from the run's random seed without hidden
+state. Epoch e (0-based) visits the training set in the order
+``np.random.default_rng([seed, e]).permutation(n)``; step s of that epoch draws its
+augmentation and dropout from ``np.random.default_rng([seed, e, s])``. The learning rate
+is a pure function of (e, s). So a run resumed from ``last.safetensors`` (weights,
+optimizer state, epoch and step) replays exactly what an uninterrupted run does, mid-epoch
+included, and ends with the same weights bit for bit (same machine, same thread counts).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnncli.errors import CheckFailed, CheckpointError, CnncliError, DataError, Interrupted
+from cnncli.io.checkpoint import OPTIM_PREFIX, check_tensors, read_checkpoint, write_checkpoint
+from cnncli.spec.model import Config
+from cnncli.train import rundir
+from cnncli.train.schedules import lr_at
+
+CHECKPOINT_KINDS = ("best", "last")
+RNG_INFO = {
+    "bit_generator": "PCG64",
+    "epoch_order": "numpy.random.default_rng([seed, epoch]).permutation(n)",
+    "step": "numpy.random.default_rng([seed, epoch, step])",
+    "epoch_base": 0,
+}
+# Keys of train.* that a resumed run must keep: they decide the validation split, the
+# initial weights, the tensors' dtype and the layout of the optimizer state.
+RESUME_FIXED = ("train.seed", "train.dtype", "train.optimizer.type")
+
+
+class Callbacks:
+    """Receives training events; every method is optional. Dicts hold plain numbers."""
+
+    def on_start(self, info: dict) -> None: ...
+
+    def on_epoch_start(self, info: dict) -> None: ...
+
+    def on_step(self, info: dict) -> None: ...
+
+    def on_evaluate(self, info: dict) -> None: ...
+
+    def on_epoch_end(self, row: dict, info: dict) -> None: ...
+
+    def on_warning(self, message: str) -> None: ...
+
+    def on_end(self, result: TrainResult) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int                     # epochs completed
+    epochs_planned: int
+    best_val_acc: float | None
+    best_epoch: int | None
+    final_val_acc: float | None
+    final_val_loss: float | None
+    test_acc: float | None = None
+    test_loss: float | None = None
+    test_samples: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    stopped_early: bool = False
+    already_complete: bool = False
+    resumed: bool = False
+    metric: str = "val_acc"
+
+    def to_dict(self) -> dict:
+        """The end-of-run document of ``cnncli train --json``."""
+        doc: dict[str, Any] = {
+            "run": str(self.run_dir),
+            "epochs": self.epochs,
+            "epochs_planned": self.epochs_planned,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "final_val_acc": self.final_val_acc,
+            "final_val_loss": self.final_val_loss,
+        }
+        if self.test_samples:
+            doc["test_acc"] = self.test_acc
+            doc["test_loss"] = self.test_loss
+            doc["test_samples"] = self.test_samples
+        doc.update(
+            {
+                "seconds": round(self.seconds, 3),
+                "images_per_s": round(self.images_per_s, 1),
+                "stopped_early": self.stopped_early,
+                "resumed": self.resumed,
+                "status": "already_complete" if self.already_complete else "completed",
+                "best_checkpoint": str(self.run_dir / "best.safetensors"),
+                "last_checkpoint": str(self.run_dir / "last.safetensors"),
+            }
+        )
+        return {k: _finite_or_none(v) for k, v in doc.items()}
+
+
+@dataclass
+class ResumeState:
+    """What ``prepare_resume`` read from a run: its folder, config and saved state."""
+
+    run_dir: Path
+    config: Config
+    tensors: dict
+    meta: dict
+    changed: list[str] = field(default_factory=list)   # train.* keys changed by --set
+
+    @property
+    def epoch(self) -> int:
+        return int(self.meta.get("epoch", 0))
+
+    @property
+    def step_in_epoch(self) -> int:
+        return int(self.meta.get("step_in_epoch", 0))
+
+
+# ---- resume ------------------------------------------------------------------------------------
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        if not d and prefix:
+            out[prefix] = {}
+    elif isinstance(d, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in d):
+        for i, v in enumerate(d):
+            out.update(_flatten(v, f"{prefix}[{i}]"))
+    else:
+        out[prefix] = list(d) if isinstance(d, tuple) else d
+    return out
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, in order."""
+    a, b = _flatten(old), _flatten(new)
+    keys = list(a) + [k for k in b if k not in a]
+    return [k for k in keys if a.get(k, "<unset>") != b.get(k, "<unset>")]
+
+
+def resume_file(arg: str | os.PathLike) -> Path:
+    """The checkpoint ``--resume ARG`` means: a run folder's last.safetensors, or a file."""
+    p = Path(arg)
+    if p.is_dir():
+        rundir.check_unlocked(p)
+        last = p / "last.safetensors"
+        if not last.exists():
+            raise CheckpointError(
+                f"'{p}' holds no last.safetensors: nothing to resume",
+                hint="--resume takes a run folder written by cnncli train",
+            )
+        return last
+    if not p.exists():
+        raise CheckpointError(f"no run or checkpoint at '{p}'")
+    rundir.check_unlocked(p.parent)
+    return p
+
+
+def prepare_resume(
+    arg: str | os.PathLike, overrides: tuple[str, ...] | list[str] = (), seed: int | None = None
+) -> ResumeState:
+    """Read a run's last checkpoint and the config to continue it with.
+
+    Only ``train.*`` keys may differ from the stored config (more ``train.epochs`` extends
+    the run); anything else is refused with exit 2 naming the key.
+    """
+    from cnncli.spec import load_config
+
+    file = resume_file(arg)
+    tensors, meta = read_checkpoint(file)
+    if not any(k.startswith(OPTIM_PREFIX) for k in tensors):
+        raise CheckpointError(
+            f"'{file}' holds no optimizer state, so training cannot continue from it",
+            hint="best.safetensors keeps the model only; resume from the run folder or its "
+            "last.safetensors",
+        )
+    stored = meta.get("config")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"'{file}': metadata holds no config")
+    for key in ("epoch", "step_in_epoch", "global_step"):
+        v = meta.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise CheckpointError(f"'{file}': metadata '{key}' is missing or not a count")
+    try:
+        config = load_config(stored, tuple(overrides), seed=seed)
+    except CnncliError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a stored config that no longer loads is bad input
+        raise CheckpointError(f"'{file}': the stored config is invalid: {e}") from None
+    changed = config_changes(stored, config.resolved)
+    for key in changed:
+        if not key.startswith("train.") or any(
+            key == f or key.startswith(f + ".") for f in RESUME_FIXED
+        ):
+            old, new = _flatten(stored).get(key), _flatten(config.resolved).get(key)
+            raise CnncliError(
+                f"{key} cannot change when resuming (the run has {old!r}, now {new!r})",
+                field=key,
+                hint="--resume accepts --set train.* changes only (e.g. more train.epochs); "
+                "start a new run for anything else",
+            )
+    return ResumeState(file.parent, config, tensors, meta, changed)
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Data:
+    train: Any
+    val: Any | None
+    test: Any | None
+    classes: list[str]
+    norm: dict
+    test_labels: np.ndarray | None = None
+    framing: str | None = None
+
+
+def _load_data(config: Config, norm: dict | None) -> _Data:
+    from cnncli.io.datasets import compute_normalization, load_dataset, split_validation
+
+    spec, data = config.model, config.data
+    if not data.train:
+        raise DataError(
+            "no training data: data.train is not set",
+            field="data.train",
+            hint="name a dataset (digits), an image folder, an IDX pair or a .npz file",
+        )
+    full = load_dataset(data.train, split="train", input_shape=spec.input, framing=data.framing)
+    classes = [str(c) for c in full.classes]
+    if len(classes) != spec.outputs:
+        raise DataError(
+            f"the data has {len(classes)} classes but the network has {spec.outputs} outputs",
+            field="model.fc",
+            hint=f"make the last fc layer {len(classes)} units",
+        )
+    if tuple(full.x.shape[1:]) != tuple(spec.input):
+        raise DataError(
+            f"training images are {list(full.x.shape[1:])}, the network expects "
+            f"{list(spec.input)}",
+            field="model.input",
+        )
+    if data.val_split and data.val_split > 0:
+        train, val = split_validation(full, data.val_split, config.train.seed)
+    else:
+        train, val = full, None
+    if len(train.y) == 0:
+        raise DataError("no training images are left after the validation split",
+                        field="data.val_split")
+    if norm is None:
+        norm = compute_normalization(train, data.normalize)
+    test = None
+    test_labels = None
+    if data.test:
+        test = load_dataset(data.test, split="test", input_shape=spec.input,
+                            framing=data.framing)
+        if tuple(test.x.shape[1:]) != tuple(spec.input):
+            raise DataError(
+                f"test images are {list(test.x.shape[1:])}, the network expects "
+                f"{list(spec.input)}",
+                field="data.test",
+            )
+        from cnncli.engine.evaluate import map_labels
+
+        test_labels = map_labels(test.classes, classes, test.y, str(data.test))
+    framing = data.framing
+    if framing is None:
+        framing = "digit" if getattr(full, "digit_like", False) else "resize"
+    return _Data(train, val, test, classes, norm, test_labels, framing)
+
+
+# ---- the trainer -------------------------------------------------------------------------------
+
+
+def _finite_or_none(v: Any) -> Any:
+    """JSON has no NaN or infinity: such a figure is reported as null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _num(v: float) -> str:
+    """0.05 -> '0.05', 1e30 -> '1e30' (how a user would write it in a config)."""
+    return f"{v:.6g}".replace("e+", "e")
+
+
+def _finite_all(arrays) -> bool:
+    return all(bool(np.isfinite(a).all()) for a in arrays)
+
+
+class Trainer:
+    """One training run into one run folder; ``run()`` does the work."""
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        *,
+        callbacks: Callbacks | None = None,
+        stop: Any = None,
+        resume: ResumeState | None = None,
+        latest_link: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.cb = callbacks or Callbacks()
+        self.stop = stop
+        self.resume = resume
+        self.latest_link = latest_link
+        self.dtype = np.dtype(config.train.dtype)
+        self.seed = int(config.train.seed)
+        self.rows: list[dict] = []
+
+    # -- internals
+    def _path(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def _base_meta(self) -> dict:
+        return {
+            "config": self.resolved,
+            "classes": self.data.classes,
+            "normalization": self.data.norm,
+            "dtype": str(self.dtype),
+        }
+
+    def _batch(self, ds, idx: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        from cnncli.io.datasets import apply_normalization
+
+        x = ds.batch_float(idx, self.dtype)
+        if rng is not None and self.config.data.augment.active:
+            from cnncli.train.augment import augment_batch
+
+            x = augment_batch(x, self.config.data.augment, rng)
+        x = apply_normalization(x, self.data.norm)
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def _evaluate(self, ds, labels: np.ndarray, split: str) -> tuple[float, float]:
+        n = len(labels)
+        if n == 0:
+            return float("nan"), float("nan")
+        self.cb.on_evaluate({"split": split, "samples": n})
+        bs = max(1, int(self.config.train.batch_size))
+        loss_sum = 0.0
+        correct = 0
+        for start in range(0, n, bs):
+            idx = np.arange(start, min(start + bs, n))
+            logits = self.net.forward(self._batch(ds, idx, None), train=False)
+            yb = labels[idx]
+            loss, _ = self.loss_fn(logits, yb)
+            loss_sum += float(loss) * len(idx)
+            correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
+        return loss_sum / n, correct / n
+
+    def _diverged(self, epoch: int, step: int, lr: float, what: str, last_loss) -> None:
+        last = self._path("last.safetensors")
+        doc = {
+            "epoch": epoch + 1,
+            "step": step + 1,
+            "lr": lr,
+            "reason": what,
+            "last_finite_loss": last_loss,
+            "last_checkpoint": str(last) if last.exists() else None,
+        }
+        from cnncli.io.atomic import atomic_write_text
+
+        try:
+            atomic_write_text(self._path("diverged.json"), json.dumps(doc, indent=2) + "\n")
+        except CnncliError as e:
+            self.cb.on_warning(f"could not write diverged.json: {e}")
+        kept = (
+            f"last good checkpoint kept: {last}" if last.exists() else "no checkpoint was saved"
+        )
+        base = self.config.train.optimizer.lr
+        raise CheckFailed(
+            f"{what} at epoch {epoch + 1} step {step + 1} (lr={_num(lr)}); training stopped; "
+            f"{kept}; details in {self._path('diverged.json')}",
+            hint=f"lower train.optimizer.lr (currently {_num(base)}), "
+            f"e.g. --set train.optimizer.lr={_num(base / 10)}",
+        )
+
+    def _save_last(self, epoch: int, step_in_epoch: int, partial: dict, finished: bool) -> None:
+        params = self.net.params
+        tensors = {k: v for k, v in params.items()}
+        for k, v in self.opt.state_dict().items():
+            key = k if k.startswith(OPTIM_PREFIX) else OPTIM_PREFIX + k
+            v = np.asarray(v)
+            # checkpoints hold floating-point tensors only: counters go in as float64,
+            # exact up to 2^53, and come back as int64 on resume
+            tensors[key] = v.astype(np.float64) if v.dtype.kind in "iub" else v
+        meta = self._base_meta()
+        meta.update(
+            {
+                "kind": "last",
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": self.global_step,
+                "best_metric": self.best_metric,
+                "best_loss": self.best_loss,
+                "best_epoch": self.best_epoch,
+                "metric": self.metric_name,
+                "early_stopping_counter": self.patience_counter,
+                "stopped_early": self.stopped_early,
+                "finished": finished,
+                "metrics_rows": len(self.rows),
+                "metrics": self.rows,
+                "partial_epoch": partial,
+                "rng": {"seed": self.seed, **RNG_INFO},
+            }
+        )
+        write_checkpoint(self._path("last.safetensors"), tensors, meta)
+
+    def _save_best(self, epoch: int) -> None:
+        meta = self._base_meta()
+        meta.update(
+            {"kind": "best", "epoch": epoch, "metric": self.metric_name,
+             "best_metric": self.best_metric}
+        )
+        write_checkpoint(self._path("best.safetensors"), dict(self.net.params), meta)
+        self.best_params = {k: v.copy() for k, v in self.net.params.items()}
+
+    def _write_side_files(self) -> None:
+        rundir.write_metrics(self._path("metrics.csv"), self.rows)
+        try:
+            from cnncli.viz.curves import save_curves
+
+            save_curves(self.rows, self._path("curves.png"), title=self.run_dir.name)
+        except CnncliError as e:
+            self.cb.on_warning(f"curves.png not updated: {e}")
+        except (OSError, ValueError, ImportError) as e:
+            self.cb.on_warning(f"curves.png not updated: {e}")
+
+    def _update_latest(self) -> None:
+        if self.latest_link is None:
+            return
+        from cnncli.io.atomic import point_symlink
+
+        try:
+            point_symlink(self.latest_link, self.run_dir.name)
+        except CnncliError as e:
+            self.cb.on_warning(f"could not update {self.latest_link}: {e}")
+        self.latest_link = None  # once per run is enough
+
+    # -- setup
+    def setup(self) -> None:
+        from cnncli.engine.network import Network, default_threads
+        from cnncli.engine.optim import make_optimizer
+        from cnncli.io.atomic import atomic_write_text, remove_orphans
+        from cnncli.nn import losses
+        from cnncli.spec import dump_yaml
+
+        cfg = self.config
+        removed = remove_orphans(self.run_dir)
+        if removed:
+            names = ", ".join(p.name for p in removed)
+            self.cb.on_warning(f"removed temporary files left by an interrupted save: {names}")
+        meta = self.resume.meta if self.resume else {}
+        norm = meta.get("normalization") if self.resume else None
+        self.data = _load_data(cfg, norm if isinstance(norm, dict) else None)
+        for ds, what in ((self.data.train, "training"), (self.data.test, "test")):
+            info = getattr(ds, "info", None) or {}
+            if info.get("resized"):
+                shape = "x".join(str(d) for d in cfg.model.input[1:])
+                self.cb.on_warning(f"{info['resized']} {what} images were resized to {shape}")
+        self.resolved = copy.deepcopy(cfg.resolved)
+        data_sec = self.resolved.get("data")
+        if isinstance(data_sec, dict) and data_sec.get("framing") is None:
+            data_sec["framing"] = self.data.framing
+        if self.resume and isinstance(meta.get("classes"), list):
+            if [str(c) for c in meta["classes"]] != self.data.classes:
+                raise DataError(
+                    f"the training data's classes ({', '.join(self.data.classes[:10])}) are "
+                    "not the ones this run was trained on "
+                    f"({', '.join(str(c) for c in meta['classes'][:10])})",
+                    field="data.train",
+                )
+        self.loss_fn = losses.get(cfg.train.loss)
+        self.net = Network(cfg.model, dtype=str(self.dtype), seed=self.seed,
+                           threads=default_threads())
+        self.opt = make_optimizer(cfg.train.optimizer, cfg.train.weight_decay)
+        self.metric_name = "val_acc" if self.data.val is not None else "train_acc"
+        self.best_metric: float | None = None
+        self.best_loss: float | None = None
+        self.best_epoch: int | None = None
+        self.best_params: dict | None = None
+        self.patience_counter = 0
+        self.stopped_early = False
+        self.global_step = 0
+        self.start_epoch = 0
+        self.start_step = 0
+        self.partial: dict = {}
+        if self.resume:
+            self._restore(self.resume)
+        atomic_write_text(self._path("config.yaml"), dump_yaml(self.resolved))
+
+    def _restore(self, st: ResumeState) -> None:
+        where = str(st.run_dir / "last.safetensors")
+        model = {k: v for k, v in st.tensors.items() if not k.startswith(OPTIM_PREFIX)}
+        check_tensors(where, self.net.params, model)
+        for k, v in model.items():
+            if v.dtype != self.dtype:
+                raise CheckpointError(
+                    f"'{where}': tensor '{k}' is {v.dtype}, the run trains in {self.dtype}"
+                )
+        self.net.set_params(model)
+        optim = {k: v for k, v in st.tensors.items() if k.startswith(OPTIM_PREFIX)}
+        for k in [k for k in optim if k == OPTIM_PREFIX + "step" or k.endswith(".step")]:
+            v = optim[k]
+            if v.size and not np.all(v == np.round(v)):
+                raise CheckpointError(f"'{where}': tensor '{k}' holds a non-integer step count")
+            optim[k] = v.astype(np.int64)
+        # every parameter carries the same optimizer slots, or none does (plain SGD)
+        slots: dict[str, set] = {}
+        for k in optim:
+            name, _, slot = k[len(OPTIM_PREFIX):].rpartition(".")
+            if name:
+                slots.setdefault(name, set()).add(slot)
+        if slots:
+            want = set().union(*slots.values())
+            missing = [
+                f"{OPTIM_PREFIX}{n}.{sl}" for n in self.net.params for sl in sorted(want)
+                if sl not in slots.get(n, ())
+            ]
+            if missing:
+                raise CheckpointError(
+                    f"'{where}' lacks optimizer state: {', '.join(missing[:6])}"
+                    + (" ..." if len(missing) > 6 else "")
+                )
+        try:
+            self.opt.load_state_dict(optim)
+        except CnncliError:
+            raise
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"'{where}': the optimizer state does not fit: {e}") from None
+        m = st.meta
+        self.start_epoch = st.epoch
+        self.start_step = st.step_in_epoch
+        self.global_step = int(m.get("global_step", 0))
+        bm = m.get("best_metric")
+        self.best_metric = float(bm) if isinstance(bm, (int, float)) else None
+        bl = m.get("best_loss")
+        self.best_loss = float(bl) if isinstance(bl, (int, float)) else None
+        be = m.get("best_epoch")
+        self.best_epoch = int(be) if isinstance(be, int) else None
+        self.patience_counter = int(m.get("early_stopping_counter", 0) or 0)
+        self.stopped_early = bool(m.get("stopped_early", False))
+        rows = m.get("metrics")
+        count = int(m.get("metrics_rows", 0) or 0)
+        if isinstance(rows, list) and len(rows) >= count:
+            self.rows = [dict(r) for r in rows[:count]]
+        else:  # fall back on the file, truncated to the checkpoint's row count
+            self.rows = rundir.read_metrics(self._path("metrics.csv"))[:count]
+        partial = m.get("partial_epoch")
+        self.partial = dict(partial) if isinstance(partial, dict) and self.start_step else {}
+        best_file = st.run_dir / "best.safetensors"
+        if best_file.exists():
+            try:
+                tensors, _ = read_checkpoint(best_file)
+                check_tensors(str(best_file), self.net.params, tensors)
+                self.best_params = tensors
+            except CnncliError as e:
+                self.cb.on_warning(f"{best_file} unusable ({e}); it is rewritten at the next "
+                                   "improvement")
+
+    # -- the run
+    def finished(self) -> bool:
+        t = self.config.train
+        if self.start_epoch >= t.epochs:
+            return True
+        return bool(t.early_stopping and self.patience_counter >= t.early_stopping)
+
+    def run(self) -> TrainResult:
+        # Non-finite values are detected and reported by the loop itself (exit 1), so NumPy's
+        # overflow warnings, raised in the engine's worker threads too, would only be noise.
+        with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore",
+                                                    divide="ignore"):
+            warnings.filterwarnings(
+                "ignore", category=RuntimeWarning,
+                message=r".*(overflow|invalid value|divide by zero) encountered",
+            )
+            return self._run()
+
+    def _run(self) -> TrainResult:
+        t0 = time.perf_counter()
+        cfg = self.config
+        tr = cfg.train
+        ds = self.data.train
+        n = len(ds.y)
+        bs = max(1, int(tr.batch_size))
+        steps = math.ceil(n / bs)
+        epochs = int(tr.epochs)
+        labels = np.asarray(ds.y, dtype=np.int64)
+        val_labels = (
+            np.asarray(self.data.val.y, dtype=np.int64) if self.data.val is not None else None
+        )
+        already = self.finished()
+        self.cb.on_start(
+            {
+                "run_dir": str(self.run_dir),
+                "resumed": self.resume is not None,
+                "already_complete": already,
+                "start_epoch": self.start_epoch + 1,
+                "start_step": self.start_step,
+                "epochs": epochs,
+                "steps_per_epoch": steps,
+                "batch_size": bs,
+                "train_samples": n,
+                "val_samples": 0 if val_labels is None else len(val_labels),
+                "test_samples": 0 if self.data.test is None else len(self.data.test.y),
+                "classes": self.data.classes,
+                "dtype": str(self.dtype),
+                "changed": list(self.resume.changed) if self.resume else [],
+            }
+        )
+        if not already:
+            self.stopped_early = False  # a patience changed on resume may continue the run
+        images = 0
+        train_seconds = 0.0
+        epoch = self.start_epoch
+        # private test hook: slow every step down so a test can signal a run mid-epoch
+        delay = float(os.environ.get("_CNNCLI_TEST_STEP_DELAY", "0") or 0)
+        while not already and epoch < epochs:
+            first = self.start_step if epoch == self.start_epoch else 0
+            part = self.partial if epoch == self.start_epoch and first else {}
+            loss_sum = float(part.get("loss_sum", 0.0))
+            correct = int(part.get("correct", 0))
+            seen = int(part.get("seen", 0))
+            ep_seconds = float(part.get("seconds", 0.0))
+            ep_train_seconds = float(part.get("train_seconds", 0.0))
+            ep_start = time.perf_counter()
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+            lr0 = lr_at(tr.schedule, tr.optimizer.lr, epoch, 0, steps, epochs)
+            self.cb.on_epoch_start(
+                {"epoch": epoch + 1, "epochs": epochs, "steps": steps, "first_step": first,
+                 "lr": lr0}
+            )
+            last_loss = None
+            for step in range(first, steps):
+                st0 = time.perf_counter()
+                idx = order[step * bs : (step + 1) * bs]
+                # one generator per step: augmentation first, then dropout
+                rng = np.random.default_rng([self.seed, epoch, step])
+                xb = self._batch(ds, idx, rng)
+                lr = lr_at(tr.schedule, tr.optimizer.lr, epoch, step, steps, epochs)
+                yb = labels[idx]
+                logits = self.net.forward(xb, train=True, rng=rng)
+                loss, dlogits = self.loss_fn(logits, yb)
+                loss = float(loss)
+                pen_value, pen_grads = self.net.penalty()
+                loss += float(pen_value)
+                if not math.isfinite(loss):
+                    what = "NaN" if math.isnan(loss) else "infinite"
+                    self._diverged(epoch, step, lr, f"loss became {what}", last_loss)
+                self.net.backward(dlogits, input_grad=False)
+                grads = self.net.grads
+                for k, g in pen_grads.items():
+                    grads[k] += g
+                if not _finite_all(grads.values()):
+                    self._diverged(epoch, step, lr, "gradients became non-finite", loss)
+                self.opt.step(self.net.params, grads, lr)
+                self.global_step += 1
+                last_loss = loss
+                k = len(idx)
+                loss_sum += loss * k
+                correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
+                seen += k
+                images += k
+                so_far = ep_train_seconds + time.perf_counter() - st0
+                self.cb.on_step(
+                    {
+                        "epoch": epoch + 1,
+                        "step": step + 1,
+                        "steps": steps,
+                        "loss": loss,
+                        "acc": correct / seen,
+                        "lr": lr,
+                        "images_per_s": seen / so_far if so_far else 0.0,
+                    }
+                )
+                dt = time.perf_counter() - st0  # the step, progress reporting included
+                ep_train_seconds += dt
+                train_seconds += dt
+                if delay:
+                    time.sleep(delay)
+                if self.stop and step + 1 < steps:
+                    partial = {
+                        "loss_sum": loss_sum,
+                        "correct": correct,
+                        "seen": seen,
+                        "seconds": ep_seconds + time.perf_counter() - ep_start,
+                        "train_seconds": ep_train_seconds,
+                    }
+                    self._interrupt(epoch, step + 1, steps, partial)
+            # End of epoch: validate, record, checkpoint.
+            if not _finite_all(self.net.params.values()):
+                self._diverged(epoch, steps - 1, lr, "weights became non-finite", last_loss)
+            if val_labels is not None:
+                val_loss, val_acc = self._evaluate(self.data.val, val_labels, "val")
+                if not math.isfinite(val_loss):
+                    self._diverged(epoch, steps - 1, lr, "validation loss became non-finite",
+                                   last_loss)
+            else:
+                val_loss, val_acc = None, None
+            train_acc = correct / seen if seen else float("nan")
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / seen if seen else float("nan"),
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": lr0,
+                "seconds": round(ep_seconds + time.perf_counter() - ep_start, 3),
+                "images_per_s": round(seen / ep_train_seconds, 1) if ep_train_seconds else 0.0,
+            }
+            metric = val_acc if val_acc is not None else train_acc
+            metric_loss = val_loss if val_loss is not None else row["train_loss"]
+            # best = highest accuracy; a tie goes to the lower loss (a few hundred
+            # validation images give accuracy in coarse steps, and ties are common)
+            improved = (
+                self.best_metric is None
+                or metric > self.best_metric
+                or (metric == self.best_metric
+                    and (self.best_loss is None or metric_loss < self.best_loss))
+            )
+            if improved:
+                self.best_metric, self.best_epoch = float(metric), epoch + 1
+                self.best_loss = float(metric_loss)
+                self.patience_counter = 0
+            else:
+                self.patience_counter += 1
+            if tr.early_stopping and self.patience_counter >= tr.early_stopping:
+                self.stopped_early = True
+            self.rows.append(row)
+            done = self.stopped_early or epoch + 1 >= epochs
+            if improved:
+                self._save_best(epoch + 1)
+            self._save_last(epoch + 1, 0, {}, finished=done)
+            self._write_side_files()
+            self._update_latest()
+            self.cb.on_epoch_end(
+                dict(row),
+                {
+                    "epochs": epochs,
+                    "improved": improved,
+                    "best_metric": self.best_metric,
+                    "best_epoch": self.best_epoch,
+                    "metric": self.metric_name,
+                    "early_stopping_counter": self.patience_counter,
+                    "stopped_early": self.stopped_early,
+                },
+            )
+            epoch += 1
+            if self.stopped_early:
+                break
+            if self.stop and epoch < epochs:
+                self._interrupt(epoch, 0, steps, {})
+        result = self._finish(already, epoch, epochs, images, train_seconds, t0)
+        self.cb.on_end(result)
+        return result
+
+    def _interrupt(self, epoch: int, step: int, steps: int, partial: dict) -> None:
+        """Save where we are and raise Interrupted (exit 130/143)."""
+        if step:
+            self._save_last(epoch, step, partial, finished=False)
+        # at an epoch boundary last.safetensors was just written
+        signum = getattr(self.stop, "signum", None) or 2
+        last = self._path("last.safetensors")
+        # mid-epoch: `step` batches of epoch epoch+1 are done; at a boundary epoch `epoch` is
+        where = f"epoch {epoch + 1} step {step}/{steps}" if step else (
+            f"epoch {epoch} step {steps}/{steps}"
+        )
+        raise Interrupted(
+            f"interrupted at {where}; saved {last}; resume: cnncli train --resume {self.run_dir}",
+            code=128 + int(signum),
+        )
+
+    def _finish(self, already, epoch, epochs, images, train_seconds, t0) -> TrainResult:
+        last_row = self.rows[-1] if self.rows else {}
+        res = TrainResult(
+            run_dir=self.run_dir,
+            epochs=len(self.rows) if self.rows else epoch,
+            epochs_planned=epochs,
+            best_val_acc=self.best_metric if self.metric_name == "val_acc" else None,
+            best_epoch=self.best_epoch,
+            final_val_acc=last_row.get("val_acc"),
+            final_val_loss=last_row.get("val_loss"),
+            stopped_early=self.stopped_early,
+            already_complete=already,
+            resumed=self.resume is not None,
+            metric=self.metric_name,
+        )
+        if self.data.test is not None and self.data.test_labels is not None:
+            if self.best_params is not None:
+                self.net.set_params(self.best_params)
+            res.test_loss, res.test_acc = self._evaluate(
+                self.data.test, self.data.test_labels, "test"
+            )
+            res.test_samples = len(self.data.test_labels)
+        res.seconds = time.perf_counter() - t0
+        res.images_per_s = images / train_seconds if train_seconds else 0.0
+        if already and self.rows:
+            secs = [r.get("images_per_s") or 0.0 for r in self.rows]
+            res.images_per_s = float(np.mean(secs))
+        return res
+
+
+# ---- the whole command, in order ---------------------------------------------------------------
+
+
+def train(
+    config: Config,
+    *,
+    out: str | os.PathLike | None = None,
+    runs_base: str | os.PathLike = "runs",
+    resume: ResumeState | None = None,
+    callbacks: Callbacks | None = None,
+    stop: Any = None,
+) -> TrainResult:
+    """Train ``config`` into a run folder; continue ``resume`` when given.
+
+    Order matters for what a failure leaves behind: the memory estimate and the output
+    folder are checked before anything is created; the folder is probed for writing and
+    locked before any data is read; a new folder that never got past set-up is removed.
+    """
+    from cnncli.train.memory import check_fits
+
+    check_fits(config.model, config.train.batch_size, config.train.dtype)
+    base = Path(runs_base)
+    created = False
+    if resume is not None:
+        run_dir = resume.run_dir
+        if out is not None and Path(out).resolve() != run_dir.resolve():
+            raise CnncliError("--out cannot name another folder when resuming; drop --out")
+        rundir.probe_writable(run_dir)
+    elif out is not None:
+        run_dir = Path(out)
+        rundir.check_out_dir(run_dir)
+        created = rundir.make_dir(run_dir)
+        rundir.probe_writable(run_dir)
+    else:
+        rundir.make_dir(base)
+        rundir.probe_writable(base)
+        run_dir = rundir.new_run_dir(base, config.model.name or "run")
+        created = True
+    latest = None
+    try:
+        if run_dir.resolve().parent == base.resolve():
+            latest = base / "latest"
+    except OSError:
+        latest = None
+    lock = rundir.RunLock(run_dir)
+    try:
+        lock.acquire()
+    except BaseException:
+        if created:
+            _remove_if_empty(run_dir)
+        raise
+    try:
+        trainer = Trainer(
+            config, run_dir, callbacks=callbacks, stop=stop, resume=resume, latest_link=latest
+        )
+        try:
+            trainer.setup()
+        except BaseException:
+            lock.release()
+            if created:
+                _remove_if_empty(run_dir)
+            raise
+        return trainer.run()
+    finally:
+        lock.release()
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        leftovers = [p for p in folder.iterdir() if p.name != "config.yaml"]
+        if not leftovers:
+            for p in folder.iterdir():
+                p.unlink()
+            folder.rmdir()
+    except OSError:
+        pass
