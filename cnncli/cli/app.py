@@ -17,10 +17,38 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+@app.callback()
+def _root() -> None:
+    # Keeps `cnncli COMMAND` a command group even while a single command is registered.
+    pass
+
+
 # Registration: one line per command module (each defines `register(app)`).
 from cnncli.cli import summary as _summary  # noqa: E402
 
 _summary.register(app)
+from cnncli.cli import train as _train  # noqa: E402
+
+_train.register(app)
+from cnncli.cli import eval as _eval  # noqa: E402
+
+_eval.register(app)
+from cnncli.cli import infer as _infer  # noqa: E402
+
+_infer.register(app)
+from cnncli.cli import visualize as _visualize  # noqa: E402
+
+_visualize.register(app)
+from cnncli.cli import inspect_cmd as _inspect  # noqa: E402
+
+_inspect.register(app)
+from cnncli.cli import export as _export  # noqa: E402
+
+_export.register(app)
+from cnncli.cli import gradcheck as _gradcheck  # noqa: E402
+
+_gradcheck.register(app)
 
 
 def main() -> None:
