@@ -158,7 +158,8 @@ def test_visualize_errors(cli, tmp_path):
                                  "fc": {"units": [2]}}, "data": {"train": "digits"}})
     flat = tmp_path / "mlp.safetensors"
     write_checkpoint(flat, Network(cfg.model).params,
-                     {"config": cfg.resolved, "classes": ["a", "b"], "normalization": NORM})
+                     {"config": cfg.resolved, "classes": ["a", "b"],
+                      "normalization": {"mode": "scale", "mean": [0.0], "std": [1.0]}})
     assert_clean_error(cli("visualize-filters", "--model", flat), 2, "no conv layers")
 
 

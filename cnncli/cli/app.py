@@ -52,6 +52,15 @@ _gradcheck.register(app)
 
 
 def main() -> None:
+    import sys
+
+    try:
+        on_terminal = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        on_terminal = False
+    if not on_terminal:
+        # Off a terminal (a pipe, a log, CI): usage errors and help as plain text, no Rich boxes.
+        app.rich_markup_mode = None
     app(prog_name="cnncli")
 
 

@@ -7,6 +7,7 @@ wrapper here turns errors into one line plus an exit code.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -26,8 +27,8 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--set",
-        help="Override a config value: key.path=value (YAML flow value; \\[i] for list items). "
-        "Repeatable.",
+        help="Override a config value: key.path=value (YAML flow value; [0], [1]... for list "
+        "items). Repeatable.",
         metavar="KEY=VALUE",
     ),
 ]
@@ -62,7 +63,14 @@ def out_console():
     if _stdout is None:
         from rich.console import Console
 
-        _stdout = Console(highlight=False, soft_wrap=False)
+        class _OutConsole(Console):
+            def on_broken_pipe(self) -> None:
+                # The reader went away (`cnncli ... | head -1`). Rich would exit with status 1
+                # here; the command wrapper decides instead, as for any other write to stdout.
+                self.quiet = True
+                raise BrokenPipeError(errno.EPIPE, "stdout was closed")
+
+        _stdout = _OutConsole(highlight=False, soft_wrap=False)
     return _stdout
 
 
@@ -144,10 +152,13 @@ def command(fn: Callable) -> Callable:
             sys.stderr.write("interrupted\n")
             raise typer.Exit(int(ExitCode.SIGINT)) from None
         except BrokenPipeError:
-            # stdout closed early (`cnncli ... | head -1`): not an error of ours.
+            # stdout closed early (`cnncli ... | head -1`): not an error of ours. Point the
+            # descriptor at /dev/null so the final flush at exit cannot fail again.
             try:
-                sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-            except OSError:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            except (OSError, ValueError, AttributeError):
                 pass
             raise typer.Exit(0) from None
         except MemoryError as e:

@@ -61,7 +61,6 @@ def _flops(n: int) -> str:
 
 def _render(s, explain: bool) -> None:
     from rich import box
-    from rich.console import Console
     from rich.measure import Measurement
     from rich.table import Table
     from rich.text import Text
@@ -93,7 +92,7 @@ def _render(s, explain: bool) -> None:
     if not tty:
         # a pipe or a file: one line per row, never squeezed or wrapped, no escape codes
         need = Measurement.get(con, con.options.update_width(10_000), table).maximum
-        con = Console(width=max(need, 80), highlight=False, soft_wrap=True, color_system=None)
+        con = type(con)(width=max(need, 80), highlight=False, soft_wrap=True, color_system=None)
     con.print(table)
     lines = [
         f"{s.name}: {s.total_params:,} parameters ({human_count(s.total_params)}, "

@@ -14,6 +14,7 @@ against the network its config describes (names, shapes, finiteness).
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import struct
@@ -78,7 +79,7 @@ def _check_header(raw: bytes, where: str) -> tuple[dict, int]:
     try:
         text = raw[8 : 8 + n].decode("utf-8")
         header = json.loads(text, object_pairs_hook=_no_dupes, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"'{where}': corrupt safetensors header ({e})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"'{where}': corrupt safetensors header (not an object)")
@@ -90,7 +91,7 @@ def _check_header(raw: bytes, where: str) -> tuple[dict, int]:
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise CheckpointError(f"'{where}': tensor '{name}' has a malformed header entry")
         dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in ALLOWED_DTYPES:
+        if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
             raise CheckpointError(
                 f"'{where}': tensor '{name}' has dtype {dtype}, expected F32 or F64"
             )
@@ -154,7 +155,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
         meta = json.loads(
             meta_raw[MAGIC_KEY], object_pairs_hook=_no_dupes, parse_constant=_reject_constant
         )
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise CheckpointError(
             f"'{where}': metadata '{MAGIC_KEY}' is not valid JSON ({e})"
         ) from None
@@ -204,10 +205,54 @@ def check_tensors(where: str, expected: dict, found: dict, *, prefix_ok: str | N
         raise CheckpointError(f"'{where}' has unexpected tensors: {', '.join(extra)}")
     for k, ref in expected.items():
         got = tuple(found[k].shape)
-        if got != tuple(ref.shape):
+        want = tuple(getattr(ref, "shape", ref))         # an array or a shape
+        if got != want:
             raise CheckpointError(
                 f"'{where}': tensor '{k}' has shape {list(got)} but the config needs "
-                f"{list(ref.shape)}: a checkpoint from a different model?"
+                f"{list(want)}: a checkpoint from a different model?"
+            )
+
+
+def spec_shapes(spec) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of every parameter a network spec describes (nothing allocated)."""
+    from cnncli.spec.model import param_shapes
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in spec.layers:
+        shapes.update({k: tuple(v) for k, v in param_shapes(layer).items()})
+    return shapes
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_meta(where: str, meta: dict, spec) -> None:
+    """The metadata the commands use besides the config: class names and normalisation."""
+    classes = meta.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list) or not all(
+            isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes
+        ):
+            raise CheckpointError(f"'{where}': metadata 'classes' is not a list of names")
+        if len(classes) != spec.outputs:
+            raise CheckpointError(
+                f"'{where}': metadata 'classes' names {len(classes)} classes for a network "
+                f"with {spec.outputs} outputs"
+            )
+    norm = meta.get("normalization")
+    if norm is not None:
+        channels = spec.input[0]
+        ok = isinstance(norm, dict)
+        for key in ("mean", "std"):
+            v = norm.get(key) if ok else None
+            ok = ok and isinstance(v, list) and len(v) in (1, channels) and all(
+                _is_number(x) for x in v
+            )
+        if not ok or not all(x > 0 for x in norm["std"]):
+            raise CheckpointError(
+                f"'{where}': metadata 'normalization' is malformed: expected mean and std "
+                f"lists of {channels} finite numbers, std above 0"
             )
 
 
@@ -227,7 +272,16 @@ def load_model(path: str | os.PathLike):
         raise CheckpointError(
             f"'{file}': the config stored in the checkpoint is invalid: {e}"
         ) from None
+    # names and shapes first, from the config alone: a config that claims a huge network
+    # must not allocate it before the (small) tensors show the file is inconsistent
+    check_tensors(str(file), spec_shapes(cfg.model), tensors, prefix_ok=OPTIM_PREFIX)
+    check_meta(str(file), meta, cfg.model)
     dtypes = {str(t.dtype) for k, t in tensors.items() if not k.startswith(OPTIM_PREFIX)}
+    if len(dtypes) > 1:
+        raise CheckpointError(
+            f"'{file}': its model tensors mix {' and '.join(sorted(dtypes))}; a checkpoint "
+            "holds float32 or float64 tensors, not both"
+        )
     dtype = "float64" if dtypes == {"float64"} else "float32"
     net = Network(cfg.model, dtype=dtype, seed=0)
     check_tensors(str(file), net.params, tensors, prefix_ok=OPTIM_PREFIX)
