@@ -23,6 +23,11 @@ last.safetensors and prints how to resume.
 CNNCLI_PROGRESS=jsonl prints machine-readable progress instead: one JSON
 object per line on stderr.
 
+Several processes train one model together (data parallelism over MPI):
+--workers K starts K on this machine; `mpiexec -n K cnncli train CONFIG`
+(with -hostfile, across machines) does the same by hand. Needs
+`pip install 'cnncli[mpi]'`.
+
 Examples:
 
   cnncli train
@@ -30,6 +35,8 @@ Examples:
   cnncli train lenet5 --epochs 5 --set train.optimizer.lr=0.01
 
   cnncli train --resume runs/quickstart-1 --set train.epochs=20
+
+  cnncli train lenet5 --workers 2
 """
 
 
@@ -57,37 +64,34 @@ def train_command(
     epochs: Annotated[
         int | None, typer.Option("--epochs", help="Shorthand for --set train.epochs=N.", min=1)
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Train with K processes on this machine (starts "
+                     "mpiexec; needs pip install 'cnncli[mpi]').", min=1, metavar="K"),
+    ] = None,
     set_: SetOpt = None,
     seed: SeedOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    from cnncli.errors import Interrupted, UsageError
-    from cnncli.train.loop import prepare_resume, train
+    from cnncli.errors import Interrupted
+    from cnncli.train.distributed import world_from_env
+
+    world = world_from_env()
+    if world is None and workers is not None and workers > 1:
+        from cnncli.train.distributed import launch
+
+        args = relaunch_args(config, resume, out, epochs, set_, seed, json_, quiet, debug)
+        raise typer.Exit(launch(workers, args))
+    if world is not None:
+        _train_mpi(world, workers, config, resume, out, epochs, set_, seed, json_, quiet,
+                   debug)
+        return
+    from cnncli.train.loop import train
     from cnncli.train.signals import stop_on_signals
 
-    overrides = list(set_ or [])
-    if epochs is not None:
-        overrides.append(f"train.epochs={epochs}")
-    if resume is not None:
-        if config is not None:
-            raise UsageError(
-                "give either CONFIG or --resume, not both: a resumed run keeps its own config",
-                hint="change train.* values of a resumed run with --set",
-            )
-        state = prepare_resume(resume, overrides, seed=seed)
-        cfg = state.config
-    else:
-        from cnncli.resources import resolve_config_path
-        from cnncli.spec import load_config
-
-        state = None
-        source: Any = config if config is not None else "quickstart"
-        if config is not None:
-            source = str(resolve_config_path(config))
-        cfg = load_config(source, tuple(overrides), seed=seed)
-
+    cfg, state = prepare(config, resume, epochs, set_, seed)
     mode = progress_mode(quiet)
     reporter = make_reporter(mode)
     for w in getattr(cfg, "warnings", ()):
@@ -104,7 +108,35 @@ def train_command(
         raise typer.Exit(int(e.code)) from None
     finally:
         reporter.close()
+    print_result(result, reporter, json_)
 
+
+def prepare(config, resume, epochs, set_, seed) -> tuple[Any, Any]:
+    """The config to train and the resume state (None for a new run)."""
+    from cnncli.errors import UsageError
+    from cnncli.train.loop import prepare_resume
+
+    overrides = list(set_ or [])
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    if resume is not None:
+        if config is not None:
+            raise UsageError(
+                "give either CONFIG or --resume, not both: a resumed run keeps its own config",
+                hint="change train.* values of a resumed run with --set",
+            )
+        state = prepare_resume(resume, overrides, seed=seed)
+        return state.config, state
+    from cnncli.resources import resolve_config_path
+    from cnncli.spec import load_config
+
+    source: Any = config if config is not None else "quickstart"
+    if config is not None:
+        source = str(resolve_config_path(config))
+    return load_config(source, tuple(overrides), seed=seed), None
+
+
+def print_result(result: Any, reporter: Reporter, json_: bool) -> None:
     if result.already_complete:
         reporter.message(
             f"run already complete (epoch {result.epochs}/{result.epochs_planned}"
@@ -119,6 +151,138 @@ def train_command(
     else:
         sys.stdout.write(summary_text(result))
         sys.stdout.flush()
+
+
+# ---- several processes (MPI) -------------------------------------------------------------------
+
+
+def relaunch_args(config, resume, out, epochs, set_, seed, json_, quiet, debug) -> list[str]:
+    """The arguments of this ``cnncli train`` call without ``--workers``, for mpiexec."""
+    args = ["train"]
+    if config is not None:
+        args.append(str(config))
+    if resume is not None:
+        args += ["--resume", str(resume)]
+    if out is not None:
+        args += ["--out", str(out)]
+    if epochs is not None:
+        args += ["--epochs", str(epochs)]
+    for s in set_ or []:
+        args += ["--set", s]
+    if seed is not None:
+        args += ["--seed", str(seed)]
+    args += [flag for flag, on in (("--json", json_), ("--quiet", quiet), ("--debug", debug))
+             if on]
+    return args
+
+
+def _train_mpi(world, workers, config, resume, out, epochs, set_, seed, json_, quiet,
+               debug) -> None:
+    """This process is one rank of ``mpiexec -n K cnncli train ...``.
+
+    Rank 0 reads the config (and the run to resume) and sends it to the others, prints and
+    writes; the others stay silent. An error every rank knows about (``Dist.check``) ends
+    each rank with its exit code and is printed by one rank; anything else is printed by
+    the rank that met it, and MPI_Abort ends the job so that no rank waits forever.
+    """
+    from cnncli.errors import CnncliError
+    from cnncli.train.distributed import Dist, RankStopped, agreed
+
+    rank, _ = world
+    try:
+        dist = Dist.init()
+    except CnncliError as e:
+        if rank != 0:  # every rank meets the same problem; rank 0 says it
+            raise typer.Exit(int(e.code)) from None
+        raise
+    try:
+        _train_ranks(dist, workers, config, resume, out, epochs, set_, seed, json_, quiet)
+    except typer.Exit:
+        raise
+    except RankStopped as e:
+        raise typer.Exit(int(e.code)) from None
+    except BaseException as e:  # noqa: BLE001
+        if agreed(e):
+            raise  # the rank that speaks: reported by the command wrapper
+        _abort(dist, e, debug)
+
+
+def _abort(dist: Any, exc: BaseException, debug: bool) -> None:
+    """Print what went wrong on this rank and end every rank with its exit code."""
+    import traceback
+
+    from cnncli.cli.common import report_error, write_crash_log
+    from cnncli.errors import CnncliError
+    from cnncli.train.distributed import exit_code_of
+
+    code = exit_code_of(exc)
+    who = f"rank {dist.rank} of {dist.size}: " if dist.rank else ""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, CnncliError):
+        exc.message = who + exc.message
+        report_error(exc)
+    elif isinstance(exc, KeyboardInterrupt):
+        sys.stderr.write(f"{who}interrupted\n")
+    else:
+        log = write_crash_log(exc)
+        sys.stderr.write(f"error: {who}internal error ({type(exc).__name__}: {exc}); traceback "
+                         f"written to {log}\n")
+    dist.abort(code)
+
+
+def _train_ranks(dist, workers, config, resume, out, epochs, set_, seed, json_, quiet
+                 ) -> None:
+    from cnncli.errors import Interrupted, UsageError
+    from cnncli.train.loop import train
+    from cnncli.train.signals import stop_on_signals
+
+    # handlers first: a Ctrl-C from now on is a request that the ranks act on together
+    with stop_on_signals() as flag:
+        payload = err = None
+        if dist.lead:
+            try:
+                if workers is not None and workers != dist.size:
+                    raise UsageError(
+                        f"--workers {workers} does not match the {dist.size} processes "
+                        "mpiexec started",
+                        hint="under mpiexec, leave --workers out (mpiexec -n sets the count)",
+                    )
+                payload = prepare(config, resume, epochs, set_, seed)
+            except BaseException as e:  # noqa: BLE001 - reported to every rank
+                err = e
+        dist.check(err)
+        cfg, state = dist.bcast(payload)
+        share = dist.pin_threads()
+        mode = progress_mode(quiet) if dist.lead else "none"
+        reporter = make_reporter(mode)
+        if dist.lead:
+            for w in getattr(cfg, "warnings", ()):
+                reporter.on_warning(w)
+            if dist.blas_threads is None:
+                reporter.on_warning("threadpoolctl is not installed, so the processes' BLAS "
+                                    "threads are not limited and may compete for cores")
+            if mode in ("rich", "plain"):
+                print_layer_table(cfg.model)
+            bs = cfg.train.batch_size
+            reporter.message(
+                f"data parallel: {dist.size} processes, {share} core"
+                f"{'s' if share > 1 else ''} each; each step splits a batch of {bs} into "
+                f"{dist.size} shards of {bs // dist.size}"
+                + (f"-{-(-bs // dist.size)}" if bs % dist.size else "")
+            )
+        try:
+            result = train(cfg, out=out, resume=state, callbacks=reporter, stop=flag,
+                           dist=dist)
+        except Interrupted as e:
+            reporter.close()
+            sys.stderr.write(f"{e.message}\n")
+            sys.stderr.flush()
+            raise typer.Exit(int(e.code)) from None
+        finally:
+            reporter.close()
+    if dist.lead:
+        print_result(result, reporter, json_)
 
 
 # ---- rendering ---------------------------------------------------------------------------------

@@ -10,6 +10,13 @@ augmentation and dropout from ``np.random.default_rng([seed, e, s])``. The learn
 is a pure function of (e, s). So a run resumed from ``last.safetensors`` (weights,
 optimizer state, epoch and step) replays exactly what an uninterrupted run does, mid-epoch
 included, and ends with the same weights bit for bit (same machine, same thread counts).
+
+Data parallelism (``cnncli.train.distributed``): with K MPI ranks each step's global batch
+is the same slice of the same order, cut into K contiguous shards; each rank's loss gradient
+is scaled by its share, one Allreduce of a flat buffer sums the gradients, and every rank
+takes the same step. Random draws are made for the whole global batch in sample order, so
+K ranks and one process train the same model (to rounding). Rank 0 alone reports and
+writes files; the checkpoint holds no rank state, so a run may resume with another K.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ RNG_INFO = {
     "step": "numpy.random.default_rng([seed, epoch, step])",
     "epoch_base": 0,
 }
+# bookkeeping slots after the gradients in the step's Allreduce buffer
+_LOSS, _CORRECT, _FAIL, _SIGINT, _SIGTERM = range(5)
+_TAIL = 5
 # Keys of train.* that a resumed run must keep: they decide the validation split, the
 # initial weights, the tensors' dtype and the layout of the optimizer state.
 RESUME_FIXED = ("train.seed", "train.dtype", "train.optimizer.type")
@@ -80,6 +90,8 @@ class TrainResult:
     already_complete: bool = False
     resumed: bool = False
     metric: str = "val_acc"
+    workers: int = 1                # MPI ranks that trained together
+    allreduce_seconds: float = 0.0  # time spent in the gradient Allreduce (workers > 1)
 
     def to_dict(self) -> dict:
         """The end-of-run document of ``cnncli train --json``."""
@@ -107,6 +119,9 @@ class TrainResult:
                 "last_checkpoint": str(self.run_dir / "last.safetensors"),
             }
         )
+        if self.workers > 1:
+            doc["workers"] = self.workers
+            doc["allreduce_seconds"] = round(self.allreduce_seconds, 4)
         return {k: _finite_or_none(v) for k, v in doc.items()}
 
 
@@ -314,16 +329,22 @@ class Trainer:
         stop: Any = None,
         resume: ResumeState | None = None,
         latest_link: Path | None = None,
+        dist: Any = None,
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
-        self.cb = callbacks or Callbacks()
+        # with several ranks, rank 0 alone reports
+        self.dist = dist
+        self.lead = dist is None or dist.lead
+        self.cb = (callbacks if self.lead else None) or Callbacks()
         self.stop = stop
         self.resume = resume
         self.latest_link = latest_link
         self.dtype = np.dtype(config.train.dtype)
         self.seed = int(config.train.seed)
         self.rows: list[dict] = []
+        self.comm_seconds = 0.0       # in the gradient Allreduce, this run
+        self.wait_seconds = 0.0       # waiting for the slowest rank before it
 
     # -- internals
     def _path(self, name: str) -> Path:
@@ -353,17 +374,40 @@ class Trainer:
         if n == 0:
             return float("nan"), float("nan")
         self.cb.on_evaluate({"split": split, "samples": n})
+        if self.dist is not None:
+            return self._evaluate_sharded(ds, labels)
+        loss_sum, correct = self._evaluate_rows(ds, labels, 0, n)
+        return loss_sum / n, correct / n
+
+    def _evaluate_rows(self, ds, labels: np.ndarray, lo: int, hi: int) -> tuple[float, int]:
+        """(sum of the loss, number correct) over samples lo..hi-1, a batch at a time."""
         bs = max(1, int(self.config.train.batch_size))
         loss_sum = 0.0
         correct = 0
-        for start in range(0, n, bs):
-            idx = np.arange(start, min(start + bs, n))
+        for start in range(lo, hi, bs):
+            idx = np.arange(start, min(start + bs, hi))
             logits = self.net.forward(self._batch(ds, idx, None), train=False)
             yb = labels[idx]
             loss, _ = self.loss_fn(logits, yb)
             loss_sum += float(loss) * len(idx)
             correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
-        return loss_sum / n, correct / n
+        return loss_sum, correct
+
+    def _evaluate_sharded(self, ds, labels: np.ndarray) -> tuple[float, float]:
+        """Each rank evaluates its contiguous share; one Allreduce sums loss and correct."""
+        n = len(labels)
+        lo, hi = self.dist.shard(n)
+        buf = np.zeros(3, np.float64)
+        err = None
+        try:
+            buf[0], buf[1] = self._evaluate_rows(ds, labels, lo, hi)
+        except BaseException as e:  # noqa: BLE001 - reported to every rank below
+            err = e
+            buf[:] = (0.0, 0.0, 1.0)
+        self.dist.allreduce_sum(buf)
+        if buf[2] > 0:
+            self.dist.failed(err)
+        return float(buf[0]) / n, float(buf[1]) / n
 
     def _diverged(self, epoch: int, step: int, lr: float, what: str, last_loss) -> None:
         last = self._path("last.safetensors")
@@ -377,6 +421,10 @@ class Trainer:
         }
         from cnncli.io.atomic import atomic_write_text
 
+        if not self.lead:  # the same values on every rank: rank 0 writes and speaks
+            from cnncli.train.distributed import RankStopped
+
+            raise RankStopped(CheckFailed.code)
         try:
             atomic_write_text(self._path("diverged.json"), json.dumps(doc, indent=2) + "\n")
         except CnncliError as e:
@@ -385,14 +433,18 @@ class Trainer:
             f"last good checkpoint kept: {last}" if last.exists() else "no checkpoint was saved"
         )
         base = self.config.train.optimizer.lr
-        raise CheckFailed(
+        err = CheckFailed(
             f"{what} at epoch {epoch + 1} step {step + 1} (lr={_num(lr)}); training stopped; "
             f"{kept}; details in {self._path('diverged.json')}",
             hint=f"lower train.optimizer.lr (currently {_num(base)}), "
             f"e.g. --set train.optimizer.lr={_num(base / 10)}",
         )
+        err.agreed = True  # every rank stops here (the decision is made on shared values)
+        raise err
 
     def _save_last(self, epoch: int, step_in_epoch: int, partial: dict, finished: bool) -> None:
+        if not self.lead:
+            return
         params = self.net.params
         tensors = {k: v for k, v in params.items()}
         for k, v in self.opt.state_dict().items():
@@ -424,6 +476,9 @@ class Trainer:
         write_checkpoint(self._path("last.safetensors"), tensors, meta)
 
     def _save_best(self, epoch: int) -> None:
+        if not self.lead:  # the copy is needed to evaluate the test split on every rank
+            self.best_params = {k: v.copy() for k, v in self.net.params.items()}
+            return
         meta = self._base_meta()
         meta.update(
             {"kind": "best", "epoch": epoch, "metric": self.metric_name,
@@ -433,6 +488,8 @@ class Trainer:
         self.best_params = {k: v.copy() for k, v in self.net.params.items()}
 
     def _write_side_files(self) -> None:
+        if not self.lead:
+            return
         rundir.write_metrics(self._path("metrics.csv"), self.rows)
         try:
             from cnncli.viz.curves import save_curves
@@ -444,7 +501,7 @@ class Trainer:
             self.cb.on_warning(f"curves.png not updated: {e}")
 
     def _update_latest(self) -> None:
-        if self.latest_link is None:
+        if self.latest_link is None or not self.lead:
             return
         from cnncli.io.atomic import point_symlink
 
@@ -463,7 +520,11 @@ class Trainer:
         from cnncli.spec import dump_yaml
 
         cfg = self.config
-        removed = remove_orphans(self.run_dir)
+        if self.dist is not None:
+            from cnncli.train.distributed import injected_failure
+
+            injected_failure(self.dist.rank, "setup")
+        removed = remove_orphans(self.run_dir) if self.lead else []
         if removed:
             names = ", ".join(p.name for p in removed)
             self.cb.on_warning(f"removed temporary files left by an interrupted save: {names}")
@@ -488,8 +549,8 @@ class Trainer:
                     field="data.train",
                 )
         self.loss_fn = losses.get(cfg.train.loss)
-        self.net = Network(cfg.model, dtype=str(self.dtype), seed=self.seed,
-                           threads=default_threads())
+        threads = default_threads() if self.dist is None else self.dist.threads
+        self.net = Network(cfg.model, dtype=str(self.dtype), seed=self.seed, threads=threads)
         self.opt = make_optimizer(cfg.train.optimizer, cfg.train.weight_decay)
         self.metric_name = "val_acc" if self.data.val is not None else "train_acc"
         self.best_metric: float | None = None
@@ -504,7 +565,28 @@ class Trainer:
         self.partial: dict = {}
         if self.resume:
             self._restore(self.resume)
-        atomic_write_text(self._path("config.yaml"), dump_yaml(self.resolved))
+        if self.dist is not None:
+            self._init_flat()
+        if self.lead:
+            atomic_write_text(self._path("config.yaml"), dump_yaml(self.resolved))
+
+    def _init_flat(self) -> None:
+        """One flat buffer for the step's Allreduce: every gradient tensor in network order,
+        then the bookkeeping slots (loss sum, correct, failed, SIGINT, SIGTERM)."""
+        from cnncli.train.distributed import FAIL_ENV
+
+        self._layout = []
+        off = 0
+        for k, g in self.net.grads.items():
+            self._layout.append((k, off, g.size))
+            off += g.size
+        self._nflat = off
+        self._flat = np.zeros(off + _TAIL, dtype=self.dtype)
+        self._flat_grads = {
+            k: self._flat[o:o + size].reshape(self.net.grads[k].shape)
+            for k, o, size in self._layout
+        }
+        self._fail_hook = bool(os.environ.get(FAIL_ENV))
 
     def _restore(self, st: ResumeState) -> None:
         where = str(st.run_dir / "last.safetensors")
@@ -566,7 +648,7 @@ class Trainer:
         partial = m.get("partial_epoch")
         self.partial = dict(partial) if isinstance(partial, dict) and self.start_step else {}
         best_file = st.run_dir / "best.safetensors"
-        if best_file.exists():
+        if best_file.exists() and self.lead:  # other ranks receive rank 0's copy
             try:
                 tensors, _ = read_checkpoint(best_file)
                 check_tensors(str(best_file), self.net.params, tensors)
@@ -648,34 +730,25 @@ class Trainer:
                  "lr": lr0}
             )
             last_loss = None
+            ep_comm = ep_wait = 0.0
             for step in range(first, steps):
                 st0 = time.perf_counter()
                 idx = order[step * bs : (step + 1) * bs]
-                # one generator per step: augmentation first, then dropout
-                rng = np.random.default_rng([self.seed, epoch, step])
-                xb = self._batch(ds, idx, rng)
                 lr = lr_at(tr.schedule, tr.optimizer.lr, epoch, step, steps, epochs)
-                yb = labels[idx]
-                logits = self.net.forward(xb, train=True, rng=rng)
-                loss, dlogits = self.loss_fn(logits, yb)
-                loss = float(loss)
-                pen_value, pen_grads = self.net.penalty()
-                loss += float(pen_value)
-                if not math.isfinite(loss):
-                    what = "NaN" if math.isnan(loss) else "infinite"
-                    self._diverged(epoch, step, lr, f"loss became {what}", last_loss)
-                self.net.backward(dlogits, input_grad=False)
-                grads = self.net.grads
-                for k, g in pen_grads.items():
-                    grads[k] += g
-                if not _finite_all(grads.values()):
-                    self._diverged(epoch, step, lr, "gradients became non-finite", loss)
-                self.opt.step(self.net.params, grads, lr)
+                if self.dist is None:
+                    loss, k_correct = self._step_single(ds, labels, idx, epoch, step, lr,
+                                                        last_loss)
+                else:
+                    c0, w0 = self.comm_seconds, self.wait_seconds
+                    loss, k_correct, agreed_stop = self._step_parallel(
+                        ds, labels, idx, epoch, step, lr, last_loss)
+                    ep_comm += self.comm_seconds - c0
+                    ep_wait += self.wait_seconds - w0
                 self.global_step += 1
                 last_loss = loss
                 k = len(idx)
                 loss_sum += loss * k
-                correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
+                correct += k_correct
                 seen += k
                 images += k
                 so_far = ep_train_seconds + time.perf_counter() - st0
@@ -695,7 +768,9 @@ class Trainer:
                 train_seconds += dt
                 if delay:
                     time.sleep(delay)
-                if self.stop and step + 1 < steps:
+                if self.dist is None:
+                    agreed_stop = self.stop.signum if self.stop else None
+                if agreed_stop and step + 1 < steps:
                     partial = {
                         "loss_sum": loss_sum,
                         "correct": correct,
@@ -703,7 +778,7 @@ class Trainer:
                         "seconds": ep_seconds + time.perf_counter() - ep_start,
                         "train_seconds": ep_train_seconds,
                     }
-                    self._interrupt(epoch, step + 1, steps, partial)
+                    self._interrupt(epoch, step + 1, steps, partial, agreed_stop)
             # End of epoch: validate, record, checkpoint.
             if not _finite_all(self.net.params.values()):
                 self._diverged(epoch, steps - 1, lr, "weights became non-finite", last_loss)
@@ -745,47 +820,183 @@ class Trainer:
                 self.stopped_early = True
             self.rows.append(row)
             done = self.stopped_early or epoch + 1 >= epochs
-            if improved:
-                self._save_best(epoch + 1)
-            self._save_last(epoch + 1, 0, {}, finished=done)
-            self._write_side_files()
-            self._update_latest()
-            self.cb.on_epoch_end(
-                dict(row),
-                {
-                    "epochs": epochs,
-                    "improved": improved,
-                    "best_metric": self.best_metric,
-                    "best_epoch": self.best_epoch,
-                    "metric": self.metric_name,
-                    "early_stopping_counter": self.patience_counter,
-                    "stopped_early": self.stopped_early,
-                },
-            )
+            info = {
+                "epochs": epochs,
+                "improved": improved,
+                "best_metric": self.best_metric,
+                "best_epoch": self.best_epoch,
+                "metric": self.metric_name,
+                "early_stopping_counter": self.patience_counter,
+                "stopped_early": self.stopped_early,
+            }
+            if self.dist is not None:
+                ran = steps - first
+                info.update({
+                    "workers": self.dist.size,
+                    # the gradient Allreduce itself, and the wait for the slowest rank
+                    # before it (uneven shards, uneven cores)
+                    "allreduce_seconds": round(ep_comm, 4),
+                    "allreduce_ms_per_step": round(1000 * ep_comm / ran, 3) if ran else 0.0,
+                    "wait_ms_per_step": round(1000 * ep_wait / ran, 3) if ran else 0.0,
+                    "comm_share": round(ep_comm / ep_train_seconds, 4)
+                    if ep_train_seconds else 0.0,
+                    "wait_share": round(ep_wait / ep_train_seconds, 4)
+                    if ep_train_seconds else 0.0,
+                })
+            err = None
+            try:
+                if improved:
+                    self._save_best(epoch + 1)
+                self._save_last(epoch + 1, 0, {}, finished=done)
+                self._write_side_files()
+                self._update_latest()
+                self.cb.on_epoch_end(dict(row), info)
+            except BaseException as e:  # noqa: BLE001 - with several ranks, reported to all
+                if self.dist is None:
+                    raise
+                err = e
             epoch += 1
+            if self.dist is None:
+                agreed_stop = self.stop.signum if self.stop else None
+            else:  # rank 0's files are written: does any rank fail or stop?
+                agreed_stop = self.dist.check(err, self.stop.signum if self.stop else None)
             if self.stopped_early:
                 break
-            if self.stop and epoch < epochs:
-                self._interrupt(epoch, 0, steps, {})
+            if agreed_stop and epoch < epochs:
+                self._interrupt(epoch, 0, steps, {}, agreed_stop)
         result = self._finish(already, epoch, epochs, images, train_seconds, t0)
         self.cb.on_end(result)
         return result
 
-    def _interrupt(self, epoch: int, step: int, steps: int, partial: dict) -> None:
-        """Save where we are and raise Interrupted (exit 130/143)."""
-        if step:
-            self._save_last(epoch, step, partial, finished=False)
+    def _interrupt(self, epoch: int, step: int, steps: int, partial: dict,
+                   signum: int | None = None) -> None:
+        """Save where we are and raise Interrupted (exit 130/143).
+
+        With several ranks every rank comes here at the same step; rank 0 saves once.
+        """
+        err = None
+        try:
+            if step:
+                self._save_last(epoch, step, partial, finished=False)
+        except BaseException as e:  # noqa: BLE001 - with several ranks, reported to all
+            if self.dist is None:
+                raise
+            err = e
+        if self.dist is not None:
+            self.dist.check(err)
         # at an epoch boundary last.safetensors was just written
-        signum = getattr(self.stop, "signum", None) or 2
+        signum = signum or getattr(self.stop, "signum", None) or 2
+        if not self.lead:
+            from cnncli.train.distributed import RankStopped
+
+            raise RankStopped(128 + int(signum))
         last = self._path("last.safetensors")
         # mid-epoch: `step` batches of epoch epoch+1 are done; at a boundary epoch `epoch` is
         where = f"epoch {epoch + 1} step {step}/{steps}" if step else (
             f"epoch {epoch} step {steps}/{steps}"
         )
-        raise Interrupted(
+        err = Interrupted(
             f"interrupted at {where}; saved {last}; resume: cnncli train --resume {self.run_dir}",
             code=128 + int(signum),
         )
+        err.agreed = True
+        raise err
+
+    # -- one training step
+    def _step_single(self, ds, labels, idx, epoch, step, lr, last_loss) -> tuple[float, int]:
+        """Forward, loss, backward and the optimizer step on the batch ``idx``.
+        Returns the loss (penalty included) and the number of correct predictions."""
+        # one generator per step: augmentation first, then dropout
+        rng = np.random.default_rng([self.seed, epoch, step])
+        xb = self._batch(ds, idx, rng)
+        yb = labels[idx]
+        logits = self.net.forward(xb, train=True, rng=rng)
+        loss, dlogits = self.loss_fn(logits, yb)
+        loss = float(loss)
+        pen_value, pen_grads = self.net.penalty()
+        loss += float(pen_value)
+        if not math.isfinite(loss):
+            what = "NaN" if math.isnan(loss) else "infinite"
+            self._diverged(epoch, step, lr, f"loss became {what}", last_loss)
+        self.net.backward(dlogits, input_grad=False)
+        grads = self.net.grads
+        for k, g in pen_grads.items():
+            grads[k] += g
+        if not _finite_all(grads.values()):
+            self._diverged(epoch, step, lr, "gradients became non-finite", loss)
+        self.opt.step(self.net.params, grads, lr)
+        return loss, int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
+
+    def _step_parallel(self, ds, labels, idx, epoch, step, lr, last_loss
+                       ) -> tuple[float, int, int | None]:
+        """The same step with the batch shared by the ranks.
+
+        This rank computes the gradient of its shard scaled by shard/batch, so that the
+        sum over ranks is the gradient of the batch mean; one Allreduce of the flat buffer
+        sums the gradients, the shards' loss sums and correct counts, and every rank's
+        failure and stop flags. Returns (loss, correct, agreed stop signal or None).
+        """
+        dist = self.dist
+        n = len(idx)
+        lo, hi = dist.shard(n)
+        m = hi - lo
+        flat = self._flat
+        tail = flat[self._nflat:]
+        grads = self.net.grads
+        err = None
+        try:
+            if self._fail_hook:
+                from cnncli.train.distributed import injected_failure
+
+                injected_failure(dist.rank, "step")
+            if m:
+                from cnncli.train.distributed import ShardRng
+
+                rng = ShardRng(np.random.default_rng([self.seed, epoch, step]), n, lo, hi)
+                mine = idx[lo:hi]
+                xb = self._batch(ds, mine, rng)
+                yb = labels[mine]
+                logits = self.net.forward(xb, train=True, rng=rng)
+                loss, dlogits = self.loss_fn(logits, yb)
+                if m != n:
+                    dlogits *= m / n
+                self.net.backward(dlogits, input_grad=False)
+                for k, o, size in self._layout:
+                    flat[o:o + size] = grads[k].reshape(-1)
+                tail[:] = 0.0
+                tail[_LOSS] = float(loss) * m
+                tail[_CORRECT] = np.count_nonzero(np.argmax(logits, axis=1) == yb)
+            else:  # a last batch smaller than the number of ranks
+                flat[:] = 0.0
+        except BaseException as e:  # noqa: BLE001 - reported to every rank below
+            err = e
+            flat[:] = 0.0
+            tail[_FAIL] = 1.0
+        from cnncli.train.distributed import agreed_signal, signal_slots
+
+        tail[_SIGINT], tail[_SIGTERM] = signal_slots(self.stop.signum if self.stop else None)
+        t = time.perf_counter()
+        dist.wait_for_all()
+        t1 = time.perf_counter()
+        dist.allreduce_sum(flat)
+        t2 = time.perf_counter()
+        self.wait_seconds += t1 - t
+        self.comm_seconds += t2 - t1
+        if tail[_FAIL] > 0:
+            dist.failed(err)
+        pen_value, pen_grads = self.net.penalty()
+        loss = float(tail[_LOSS]) / n + float(pen_value)
+        if not math.isfinite(loss):
+            what = "NaN" if math.isnan(loss) else "infinite"
+            self._diverged(epoch, step, lr, f"loss became {what}", last_loss)
+        summed = self._flat_grads
+        for k, g in pen_grads.items():
+            summed[k] += g
+        if not bool(np.isfinite(flat[:self._nflat]).all()):
+            self._diverged(epoch, step, lr, "gradients became non-finite", loss)
+        self.opt.step(self.net.params, summed, lr)
+        return loss, int(round(float(tail[_CORRECT]))), agreed_signal(tail[_SIGINT],
+                                                                      tail[_SIGTERM])
 
     def _finish(self, already, epoch, epochs, images, train_seconds, t0) -> TrainResult:
         last_row = self.rows[-1] if self.rows else {}
@@ -801,6 +1012,8 @@ class Trainer:
             already_complete=already,
             resumed=self.resume is not None,
             metric=self.metric_name,
+            workers=1 if self.dist is None else self.dist.size,
+            allreduce_seconds=self.comm_seconds,
         )
         if self.data.test is not None and self.data.test_labels is not None:
             if self.best_params is not None:
@@ -828,16 +1041,50 @@ def train(
     resume: ResumeState | None = None,
     callbacks: Callbacks | None = None,
     stop: Any = None,
+    dist: Any = None,
 ) -> TrainResult:
     """Train ``config`` into a run folder; continue ``resume`` when given.
 
     Order matters for what a failure leaves behind: the memory estimate and the output
     folder are checked before anything is created; the folder is probed for writing and
     locked before any data is read; a new folder that never got past set-up is removed.
+
+    ``dist`` (a ``cnncli.train.distributed.Dist``) trains with several MPI ranks: every
+    rank calls ``train`` with the same arguments; rank 0 alone touches the run folder.
     """
+    if dist is not None:
+        return _train_parallel(config, out=out, runs_base=runs_base, resume=resume,
+                               callbacks=callbacks, stop=stop, dist=dist)
     from cnncli.train.memory import check_fits
 
     check_fits(config.model, config.train.batch_size, config.train.dtype)
+    run_dir, created, latest = _open_run_dir(config, out, runs_base, resume)
+    lock = rundir.RunLock(run_dir)
+    try:
+        lock.acquire()
+    except BaseException:
+        if created:
+            _remove_if_empty(run_dir)
+        raise
+    try:
+        trainer = Trainer(
+            config, run_dir, callbacks=callbacks, stop=stop, resume=resume, latest_link=latest
+        )
+        try:
+            trainer.setup()
+        except BaseException:
+            lock.release()
+            if created:
+                _remove_if_empty(run_dir)
+            raise
+        return trainer.run()
+    finally:
+        lock.release()
+
+
+def _open_run_dir(config: Config, out, runs_base, resume) -> tuple[Path, bool, Path | None]:
+    """The run folder (checked, probed for writing, made if new), whether it was created,
+    and the ``latest`` link to update (None when the folder is not in ``runs_base``)."""
     base = Path(runs_base)
     created = False
     if resume is not None:
@@ -861,27 +1108,55 @@ def train(
             latest = base / "latest"
     except OSError:
         latest = None
-    lock = rundir.RunLock(run_dir)
+    return run_dir, created, latest
+
+
+def _train_parallel(config: Config, *, out, runs_base, resume, callbacks, stop, dist
+                    ) -> TrainResult:
+    """``train`` on several ranks. Every rank checks its own memory and loads the data;
+    rank 0 makes and locks the folder. A failure anywhere during set-up is reported to
+    every rank (``Dist.check``) before the first step, so all stop with one message."""
+    from cnncli.train.memory import check_fits
+
+    bs = max(1, int(config.train.batch_size))
+    run_dir: Path | None = None
+    created = False
+    latest = None
+    lock = None
+    err = None
     try:
-        lock.acquire()
+        # each rank holds the model, the data and its shard of the batch
+        check_fits(config.model, -(-bs // dist.size), config.train.dtype)
+        if dist.lead:
+            run_dir, created, latest = _open_run_dir(config, out, runs_base, resume)
+            lock = rundir.RunLock(run_dir)
+            lock.acquire()
+    except BaseException as e:  # noqa: BLE001 - reported to every rank by dist.check
+        err = e
+    try:
+        dist.check(err)
+        run_dir = Path(dist.bcast(str(run_dir) if dist.lead else None))
+        trainer = Trainer(config, run_dir, callbacks=callbacks, stop=stop, resume=resume,
+                          latest_link=latest, dist=dist)
+        err = None
+        try:
+            trainer.setup()
+        except BaseException as e:  # noqa: BLE001
+            err = e
+        dist.check(err)
+        # rank 0 read best.safetensors of a resumed run; the test split needs it everywhere
+        trainer.best_params = dist.bcast(trainer.best_params if dist.lead else None)
     except BaseException:
-        if created:
+        if lock is not None:
+            lock.release()
+        if created and run_dir is not None:
             _remove_if_empty(run_dir)
         raise
     try:
-        trainer = Trainer(
-            config, run_dir, callbacks=callbacks, stop=stop, resume=resume, latest_link=latest
-        )
-        try:
-            trainer.setup()
-        except BaseException:
-            lock.release()
-            if created:
-                _remove_if_empty(run_dir)
-            raise
         return trainer.run()
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _remove_if_empty(folder: Path) -> None:
