@@ -307,36 +307,9 @@ def test_infer_refuses(cli, valid, tmp_path, picture, case):
 
 # Known gaps in `train --resume` (cnncli/train/loop.py, prepare_resume): the stored config is
 # used before the tensors are checked against it, and its errors do not name the checkpoint.
-RESUME_GAPS = {
-    "C10-classes-not-a-list": "train/loop.py prepare_resume does not check the metadata "
-    "the way load_model does (cnncli.io.checkpoint.check_meta): 'classes' of the wrong type "
-    "is ignored and the run continues",
-    "C10-classes-too-few": "train/loop.py: a 'classes' list that does not fit the outputs is "
-    "refused by the data check, whose message does not name the checkpoint (check_meta would)",
-    "C10-normalization-bad-std": "train/loop.py prepare_resume does not check the stored "
-    "normalization (check_meta): std 0 trains on and stops with a NaN loss (exit 1)",
-    "C10-normalization-text": "train/loop.py prepare_resume does not check the stored "
-    "normalization (check_meta): a text mean crashes with exit 70",
-    "C10-normalization-channels": "train/loop.py prepare_resume does not check the stored "
-    "normalization (check_meta): 3 means for 1 channel crash with exit 70",
-    "C16-config-broken": "train/loop.py prepare_resume re-raises the stored config's SpecError "
-    "without naming the checkpoint it came from",
-    "C16-config-of-a-huge-model": "train/loop.py prepare_resume does not check the tensors "
-    "against the stored config (cnncli.io.checkpoint.spec_shapes) before the memory preflight, "
-    "which then blames train.batch_size and does not name the checkpoint",
-}
 
 
-def _resume_params():
-    for name in CASES:
-        if name in RESUME_GAPS:
-            yield pytest.param(name, marks=pytest.mark.xfail(reason=RESUME_GAPS[name],
-                                                             strict=True))
-        else:
-            yield name
-
-
-@pytest.mark.parametrize("case", list(_resume_params()))
+@pytest.mark.parametrize("case", list(CASES))
 def test_resume_refuses(cli, run_dir, valid, tmp_path, case):
     build, needles = CASES[case]
     run = copy_run(run_dir, tmp_path / "run")
@@ -402,11 +375,6 @@ def test_c13_missing_optimizer_state_refuses_resume(cli, run_dir, valid, tmp_pat
     assert snapshot(run) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train/loop.py _restore (or engine/optim.py load_state_dict) ignores optimizer "
-    "tensors for parameters the network does not have instead of refusing the file",
-)
 def test_c12_extra_optimizer_state_refuses_resume(cli, run_dir, valid, tmp_path):
     def extra(t):
         t["optim.fc9.weight.momentum"] = np.zeros((3, 3), np.float32)
@@ -484,12 +452,6 @@ def test_c19_orphan_partial_beside_a_good_checkpoint(cli, run_dir, tmp_path, pic
     assert cli("eval", "--model", run, "--data", data).exit_code == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/network.py build() does not keep the resolved config on the network "
-    "(net.config_resolved), so cnncli.save(cnncli.build(path), file) raises CheckpointError "
-    "'the network has no config to store' although DESIGN.md section 4 shows exactly that",
-)
 def test_python_api_build_save_load_round_trip(tmp_path):
     import cnncli
 

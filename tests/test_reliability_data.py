@@ -567,11 +567,6 @@ def test_train_on_mixed_sizes_says_how_many_were_resized(cli, work, tmp_path):
     assert "3 training images were resized to 8x8" in res.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cnncli/train/loop.py _load_data: 'the data has N classes but the network has M "
-    "outputs' names the field model.fc but not the data file that holds the stray label",
-)
 def test_train_label_beyond_outputs_names_the_data(cli, work, tmp_path):
     ref, code, needles = d07_label_too_large(tmp_path / "data")
     res = cli("train", write_config(tmp_path / "cfg", ref), "--quiet")

@@ -397,10 +397,14 @@ def build(spec: Any, dtype: Any = "float32", seed: int | None = 0, threads: int 
 
     if isinstance(spec, Network):
         return spec.astype(dtype) if np.dtype(dtype) != spec.dtype else spec
+    config = None
     if isinstance(spec, Config):
-        spec = spec.model
+        config = spec
     elif not isinstance(spec, NetSpec):
         from cnncli.spec import load_config
 
-        spec = load_config(spec).model
-    return Network(spec, dtype=dtype, seed=seed, threads=threads)
+        config = load_config(spec)
+    net = Network(config.model if config else spec, dtype=dtype, seed=seed, threads=threads)
+    # the resolved config travels with the network, so cnncli.save() can store it
+    net.config_resolved = config.resolved if config else None
+    return net

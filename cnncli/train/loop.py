@@ -34,7 +34,14 @@ from typing import Any
 import numpy as np
 
 from cnncli.errors import CheckFailed, CheckpointError, CnncliError, DataError, Interrupted
-from cnncli.io.checkpoint import OPTIM_PREFIX, check_tensors, read_checkpoint, write_checkpoint
+from cnncli.io.checkpoint import (
+    OPTIM_PREFIX,
+    check_meta,
+    check_tensors,
+    read_checkpoint,
+    spec_shapes,
+    write_checkpoint,
+)
 from cnncli.spec.model import Config
 from cnncli.train import rundir
 from cnncli.train.schedules import lr_at
@@ -213,11 +220,15 @@ def prepare_resume(
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise CheckpointError(f"'{file}': metadata '{key}' is missing or not a count")
     try:
-        config = load_config(stored, tuple(overrides), seed=seed)
-    except CnncliError:
-        raise
+        load_config(stored)
     except Exception as e:  # noqa: BLE001 - a stored config that no longer loads is bad input
-        raise CheckpointError(f"'{file}': the stored config is invalid: {e}") from None
+        raise CheckpointError(
+            f"'{file}': the config stored in the checkpoint is invalid: {e}"
+        ) from None
+    config = load_config(stored, tuple(overrides), seed=seed)
+    # the file must describe this network before anything is sized from its config
+    check_tensors(str(file), spec_shapes(config.model), tensors, prefix_ok=OPTIM_PREFIX)
+    check_meta(str(file), meta, config.model)
     changed = config_changes(stored, config.resolved)
     for key in changed:
         if not key.startswith("train.") or any(
@@ -262,6 +273,7 @@ def _load_data(config: Config, norm: dict | None) -> _Data:
     if len(classes) != spec.outputs:
         raise DataError(
             f"the data has {len(classes)} classes but the network has {spec.outputs} outputs",
+            path=full.source,
             field="model.fc",
             hint=f"make the last fc layer {len(classes)} units",
         )
@@ -610,6 +622,13 @@ class Trainer:
             name, _, slot = k[len(OPTIM_PREFIX):].rpartition(".")
             if name:
                 slots.setdefault(name, set()).add(slot)
+        stray = sorted(f"{OPTIM_PREFIX}{n}.{sl}" for n in slots if n not in self.net.params
+                       for sl in slots[n])
+        if stray:
+            raise CheckpointError(
+                f"'{where}' holds optimizer state for parameters the network does not have: "
+                + ", ".join(stray[:6]) + (" ..." if len(stray) > 6 else "")
+            )
         if slots:
             want = set().union(*slots.values())
             missing = [
