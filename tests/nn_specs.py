@@ -1,6 +1,6 @@
 """Hand-built canonical specs for engine tests (independent of the YAML parser).
 
-Each helper takes the input shape and computes the output shape with the formulas of
+Each factory takes the input shape and computes the output shape with the formulas of
 DESIGN.md section 2, so tests can chain layers: ``chain((1, 8, 8), conv(4, 3), pool(), fc(10))``.
 """
 

@@ -167,3 +167,17 @@ def test_report_json_shape():
     assert {"tensor", "rel_error"} <= set(doc["checks"][0])
     tensor, err, index = report.checks[0]
     assert tensor == "fc1.weight" and err == report.checks[0].rel_error
+
+
+def test_non_finite_gradient_fails(monkeypatch):
+    real = Conv2D.backward
+
+    def broken(self, dy, ws, params, grads, need_dx):
+        dx = real(self, dy, ws, params, grads, need_dx)
+        grads["conv1.bias"][-1] = np.nan
+        return dx
+
+    monkeypatch.setattr(Conv2D, "backward", broken)
+    report = gradcheck.check(chain((1, 5, 5), conv(2, 3), fc(2)))
+    assert not report.passed
+    assert report.worst.tensor == "conv1.bias" and report.worst.rel_error == float("inf")

@@ -121,3 +121,19 @@ def test_alexnet_in_a_subprocess():
     doc = json.loads(res.stdout)
     assert doc["passed"] and len(doc["checks"]) == 17
     assert doc["configs"][0]["name"] == "alexnet"
+
+
+def test_nan_gradient_json_stays_valid(cli, write, monkeypatch):
+    real = Conv2D.backward
+
+    def broken(self, dy, ws, params, grads, need_dx):
+        dx = real(self, dy, ws, params, grads, need_dx)
+        grads["conv1.weight"][...] = float("nan")
+        return dx
+
+    monkeypatch.setattr(Conv2D, "backward", broken)
+    res = cli("gradcheck", str(write(SMALL)), "--json")
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.stdout)
+    assert doc["passed"] is False and doc["max_rel_error"] is None
+    assert "conv1.weight" in res.stderr and "inf" in res.stderr

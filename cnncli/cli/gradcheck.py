@@ -51,7 +51,7 @@ def gradcheck(
     import math
 
     from cnncli.cli.common import info, out_console, print_json
-    from cnncli.engine.gradcheck import check
+    from cnncli.engine.gradcheck import check, json_number
     from cnncli.errors import CheckFailed, UsageError
     from cnncli.resources import resolve_config_path
     from cnncli.spec import load_config
@@ -82,7 +82,7 @@ def gradcheck(
     worst_name, worst = max(results, key=lambda r: r[1].max_rel_error)
     passed = all(r.passed for _, r in results)
     if json_out:
-        print_json(_document(results, threshold))
+        print_json(_document(results, threshold, json_number))
     elif passed:
         info(f"all gradients agree to within {threshold:g} (largest relative error "
              f"{worst.max_rel_error:.2e}, {worst_name})")
@@ -97,7 +97,7 @@ def gradcheck(
         )
 
 
-def _document(results, threshold) -> dict:
+def _document(results, threshold, json_number) -> dict:
     checks = []
     configs = []
     for name, report in results:
@@ -109,7 +109,7 @@ def _document(results, threshold) -> dict:
     return {
         "passed": all(r.passed for _, r in results),
         "threshold": threshold,
-        "max_rel_error": max(r.max_rel_error for _, r in results),
+        "max_rel_error": json_number(max(r.max_rel_error for _, r in results)),
         "checks": checks,
         "configs": configs,
     }

@@ -64,7 +64,7 @@ class TensorCheck:
     def to_json(self) -> dict[str, Any]:
         return {
             "tensor": self.tensor,
-            "rel_error": self.rel_error,
+            "rel_error": json_number(self.rel_error),
             "shape": list(self.shape),
             "entries_checked": self.entries,
             "directional": self.directional,
@@ -93,7 +93,7 @@ class GradcheckReport:
             "name": self.name,
             "passed": self.passed,
             "threshold": self.threshold,
-            "max_rel_error": self.max_rel_error,
+            "max_rel_error": json_number(self.max_rel_error),
             "batch": self.batch,
             "eps": self.eps,
             "seconds": round(self.seconds, 3),
@@ -101,7 +101,15 @@ class GradcheckReport:
         }
 
 
+def json_number(x: float) -> float | None:
+    """JSON has no infinity: a non-finite error (a NaN or infinite gradient) becomes null."""
+    return x if math.isfinite(x) else None
+
+
 def rel_error(a: float, n: float) -> float:
+    """|a - n| / max(|a| + |n|, 1e-12); infinite when either is not a finite number."""
+    if not (math.isfinite(a) and math.isfinite(n)):
+        return math.inf
     return abs(a - n) / max(abs(a) + abs(n), 1e-12)
 
 
@@ -128,6 +136,11 @@ class _Problem:
             for layer in net.layers
         )
         self.prepare_layer: int | None = None    # the layer whose parameters are perturbed
+        # at the unperturbed point the frozen network is the network itself
+        frozen, _ = self.evaluate(0, frozen=True)
+        if not math.isclose(frozen, self.base_loss, rel_tol=1e-12, abs_tol=1e-12):
+            raise RuntimeError(f"gradcheck: the forward pass with frozen branches gives "
+                               f"{frozen!r}, not {self.base_loss!r}")
 
     def loss(self, logits) -> float:
         value = float(np.sum(logits * self.r))
