@@ -14,7 +14,7 @@ logits out, the same numbers as cnncli computes.
 
 The input normalisation and the class names are stored in the model's metadata
 (cnncli.normalization, cnncli.classes). Needs the onnx package:
-pip install 'cnncli\\[onnx]'. When onnxruntime is installed the file is checked
+the optional onnx extra of cnncli. When onnxruntime is installed the file is checked
 against cnncli's own forward pass.
 
 Examples:
