@@ -75,7 +75,6 @@ def train_command(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    from cnncli.errors import Interrupted
     from cnncli.train.distributed import world_from_env
 
     world = world_from_env()
@@ -88,7 +87,6 @@ def train_command(
         _train_mpi(world, workers, config, resume, out, epochs, set_, seed, json_, quiet,
                    debug)
         return
-    from cnncli.train.loop import train
     from cnncli.train.signals import stop_on_signals
 
     cfg, state = prepare(config, resume, epochs, set_, seed)
@@ -98,9 +96,19 @@ def train_command(
         reporter.on_warning(w)
     if mode in ("rich", "plain"):
         print_layer_table(cfg.model)
+    with stop_on_signals() as flag:
+        result = _run(cfg, out, state, reporter, flag)
+    print_result(result, reporter, json_)
+
+
+def _run(cfg, out, state, reporter, flag, dist=None):
+    """Train, closing the progress display however it ends; an interruption (state saved)
+    prints its resume line and exits 130/143."""
+    from cnncli.errors import Interrupted
+    from cnncli.train.loop import train
+
     try:
-        with stop_on_signals() as flag:
-            result = train(cfg, out=out, resume=state, callbacks=reporter, stop=flag)
+        return train(cfg, out=out, resume=state, callbacks=reporter, stop=flag, dist=dist)
     except Interrupted as e:
         reporter.close()
         sys.stderr.write(f"{e.message}\n")
@@ -108,7 +116,6 @@ def train_command(
         raise typer.Exit(int(e.code)) from None
     finally:
         reporter.close()
-    print_result(result, reporter, json_)
 
 
 def prepare(config, resume, epochs, set_, seed) -> tuple[Any, Any]:
@@ -233,8 +240,7 @@ def _abort(dist: Any, exc: BaseException, debug: bool) -> None:
 
 def _train_ranks(dist, workers, config, resume, out, epochs, set_, seed, json_, quiet
                  ) -> None:
-    from cnncli.errors import Interrupted, UsageError
-    from cnncli.train.loop import train
+    from cnncli.errors import UsageError
     from cnncli.train.signals import stop_on_signals
 
     # handlers first: a Ctrl-C from now on is a request that the ranks act on together
@@ -271,16 +277,7 @@ def _train_ranks(dist, workers, config, resume, out, epochs, set_, seed, json_, 
                 f"{dist.size} shards of {bs // dist.size}"
                 + (f"-{-(-bs // dist.size)}" if bs % dist.size else "")
             )
-        try:
-            result = train(cfg, out=out, resume=state, callbacks=reporter, stop=flag,
-                           dist=dist)
-        except Interrupted as e:
-            reporter.close()
-            sys.stderr.write(f"{e.message}\n")
-            sys.stderr.flush()
-            raise typer.Exit(int(e.code)) from None
-        finally:
-            reporter.close()
+        result = _run(cfg, out, state, reporter, flag, dist)
     if dist.lead:
         print_result(result, reporter, json_)
 

@@ -38,6 +38,12 @@ def os_reason(exc: OSError) -> str:
         return "permission denied"
     if exc.errno == errno.EISDIR:
         return "is a directory, expected a file"
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return "no space left on device"
+    if exc.errno == errno.ENOTDIR:
+        return "a part of the path is not a folder"
     return exc.strerror or type(exc).__name__
 
 

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from cnncli.errors import CnncliError, ExitCode, RuntimeFault
+from cnncli.io._fs import os_reason
 
 TMP_PREFIX = "."
 TMP_SUFFIX = ".partial"
@@ -37,12 +38,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def describe_os_error(e: OSError) -> str:
-    if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        return "no space left on device"
-    return e.strerror or str(e)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
@@ -73,7 +68,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Non
         kind = RuntimeFault if e.errno in _ENV_ERRNOS else CnncliError
         code = ExitCode.ENVIRONMENT if kind is RuntimeFault else ExitCode.BAD_INPUT
         raise kind(
-            f"cannot write '{path}': {describe_os_error(e)} (needed {len(data):,} bytes); "
+            f"cannot write '{path}': {os_reason(e)} (needed {len(data):,} bytes); "
             "the previous version of the file, if any, is intact",
             code=code,
         ) from e

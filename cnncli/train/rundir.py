@@ -8,7 +8,6 @@ whose process is gone is stale and taken over.
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import math
 import os
@@ -16,6 +15,7 @@ import re
 from pathlib import Path
 
 from cnncli.errors import CnncliError, UsageError
+from cnncli.io._fs import os_reason
 
 LOCK_NAME = "run.lock"
 METRICS_FIELDS = (
@@ -29,18 +29,6 @@ METRICS_FIELDS = (
     "images_per_s",
 )
 _INT_FIELDS = {"epoch"}
-
-
-def _reason(e: OSError) -> str:
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if e.errno == errno.EROFS:
-        return "read-only file system"
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "no space left on device"
-    if e.errno == errno.ENOTDIR:
-        return "a part of the path is not a folder"
-    return e.strerror or type(e).__name__
 
 
 def check_out_dir(path: Path) -> None:
@@ -64,7 +52,7 @@ def make_dir(path: Path) -> bool:
     except FileExistsError:
         raise UsageError(f"cannot create run folder '{path}': a file is in the way") from None
     except OSError as e:
-        raise CnncliError(f"cannot create run folder '{path}': {_reason(e)}") from None
+        raise CnncliError(f"cannot create run folder '{path}': {os_reason(e)}") from None
     return not existed
 
 
@@ -76,7 +64,7 @@ def new_run_dir(base: Path, name: str) -> Path:
     try:
         taken = [int(m.group(1)) for p in base.iterdir() if (m := pattern.match(p.name))]
     except OSError as e:
-        raise CnncliError(f"cannot list '{base}': {_reason(e)}") from None
+        raise CnncliError(f"cannot list '{base}': {os_reason(e)}") from None
     n = max(taken, default=0) + 1
     while True:
         folder = base / f"{safe}-{n}"
@@ -86,7 +74,7 @@ def new_run_dir(base: Path, name: str) -> Path:
         except FileExistsError:
             n += 1
         except OSError as e:
-            raise CnncliError(f"cannot create run folder '{folder}': {_reason(e)}") from None
+            raise CnncliError(f"cannot create run folder '{folder}': {os_reason(e)}") from None
 
 
 def probe_writable(folder: Path) -> None:
@@ -98,7 +86,7 @@ def probe_writable(folder: Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise CnncliError(
-            f"cannot write to '{folder}': {_reason(e)}",
+            f"cannot write to '{folder}': {os_reason(e)}",
             hint="choose a writable folder with --out DIR",
         ) from None
 
@@ -149,11 +137,11 @@ class RunLock:
                     pass
                 except OSError as e:
                     raise CnncliError(
-                        f"cannot remove the stale lock '{self.path}': {_reason(e)}"
+                        f"cannot remove the stale lock '{self.path}': {os_reason(e)}"
                     ) from None
                 continue
             except OSError as e:
-                raise CnncliError(f"cannot create '{self.path}': {_reason(e)}") from None
+                raise CnncliError(f"cannot create '{self.path}': {os_reason(e)}") from None
             try:
                 os.write(fd, f"{os.getpid()}\n".encode())
             finally:
@@ -221,7 +209,7 @@ def read_metrics(path: Path) -> list[dict]:
     except FileNotFoundError:
         return []
     except OSError as e:
-        raise CnncliError(f"cannot read '{path}': {_reason(e)}") from None
+        raise CnncliError(f"cannot read '{path}': {os_reason(e)}") from None
     rows = []
     for rec in csv.DictReader(io.StringIO(text)):
         row: dict = {}
