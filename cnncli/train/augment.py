@@ -62,7 +62,6 @@ def warp_batch(x: np.ndarray, angle: np.ndarray, scale: np.ndarray, dy: np.ndarr
     hp, wp = h + 2, w + 2
     padded = np.zeros((n, hp, wp, c), dtype=dt)
     padded[:, 1:-1, 1:-1, :] = x.transpose(0, 2, 3, 1)
-    rows = padded.reshape(n * hp * wp, c)
     base = (np.arange(n, dtype=np.intp) * (hp * wp))[:, None, None]
     yi0 = np.clip(y0, -1, h).astype(np.intp) + 1
     xi0 = np.clip(x0, -1, w).astype(np.intp) + 1
@@ -70,10 +69,20 @@ def warp_batch(x: np.ndarray, angle: np.ndarray, scale: np.ndarray, dy: np.ndarr
     xi1 = np.clip(x0 + 1, -1, w).astype(np.intp) + 1
     r0 = base + yi0 * wp
     r1 = base + yi1 * wp
+    if c == 1:
+        # one channel: gather from the flat array, several times faster than row gathers
+        flat = padded.reshape(-1)
+
+        def at(i: np.ndarray) -> np.ndarray:
+            return flat.take(i)[..., None]                    # (n, h, w, 1)
+    else:
+        rows = padded.reshape(n * hp * wp, c)
+
+        def at(i: np.ndarray) -> np.ndarray:
+            return np.take(rows, i, axis=0)                   # (n, h, w, c)
+
     fx = fx[..., None]
     fy = fy[..., None]
-    def at(i: np.ndarray) -> np.ndarray:
-        return np.take(rows, i, axis=0)                       # (n, h, w, c)
 
     top = at(r0 + xi0)
     top += (at(r0 + xi1) - top) * fx
