@@ -79,6 +79,17 @@ def _pixel_limit(limit: int):
         Image.MAX_IMAGE_PIXELS = before
 
 
+def _open_error(exc: Exception, data: bytes, p: str) -> DataError:
+    """The DataError for an exception raised while Pillow opens a picture."""
+    if isinstance(exc, DataError):
+        return exc
+    if isinstance(exc, UnidentifiedImageError):
+        return DataError(f"not {_FORMAT_NAMES} (the content looks like {_sniff(data)})", path=p)
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return _bomb(exc, p)
+    return DataError(f"corrupt image ({_reason(exc)})", path=p)
+
+
 def load_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a picture: (float32 array in [0, 1], what was found and done, JSON-serialisable).
 
@@ -94,14 +105,8 @@ def load_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             im = Image.open(io.BytesIO(data), formats=FORMATS)
-        except UnidentifiedImageError:
-            raise DataError(
-                f"not {_FORMAT_NAMES} (the content looks like {_sniff(data)})", path=p
-            ) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _bomb(exc, p) from None
         except Exception as exc:  # Pillow's plugins raise many types on malformed headers
-            raise DataError(f"corrupt image ({_reason(exc)})", path=p) from None
+            raise _open_error(exc, data, p) from None
         with im:
             w, h = im.size
             if w * h > limit:
@@ -457,14 +462,8 @@ def probe_image(path: str | os.PathLike) -> dict[str, Any]:
                     pal = pal[: len(pal) // 3 * 3].reshape(-1, 3)
                     grey = bool(pal.size) and bool((pal == pal[:, :1]).all())
                 fmt = im.format
-        except UnidentifiedImageError:
-            raise DataError(
-                f"not {_FORMAT_NAMES} (the content looks like {_sniff(data)})", path=p
-            ) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _bomb(exc, p) from None
         except Exception as exc:  # Pillow's plugins raise many types on malformed headers
-            raise DataError(f"corrupt image ({_reason(exc)})", path=p) from None
+            raise _open_error(exc, data, p) from None
     if w * h > MAX_IMAGE_PIXELS:
         raise DataError(
             f"image too large ({w}x{h} = {w * h} pixels > limit {MAX_IMAGE_PIXELS})", path=p
