@@ -70,7 +70,13 @@ def out_console():
                 self.quiet = True
                 raise BrokenPipeError(errno.EPIPE, "stdout was closed")
 
-        _stdout = _OutConsole(highlight=False, soft_wrap=False)
+        try:
+            tty = sys.stdout.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        # in a pipe or a file, tables keep one line per row instead of wrapping at 80 columns
+        # (tables take only the width they need; nothing printed here expands to the width)
+        _stdout = _OutConsole(highlight=False, soft_wrap=False, width=None if tty else 1000)
     return _stdout
 
 
