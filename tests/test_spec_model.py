@@ -63,7 +63,7 @@ model:
   pattern: "INPUT -> [[CONV]*2 -> POOL]*2 -> [FC]*2"
   conv: {filters: [32, 64], size: 3, padding: same}
   pool: {type: max, size: 2}
-  fc: {units: [256, 10], dropout: [0.4, 0]}
+  fc: {units: [256, 10], dropout: [0.25, 0]}
 """
 
 TUTORIAL_EXPLICIT = """
