@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
+from pngs import png_header_only
 
 from cnncli.errors import DataError
 from cnncli.io import images
 from cnncli.io.images import load_image, probe_image, read_image
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_header_only(w: int, h: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
-            + png_chunk(b"IDAT", zlib.compress(b"\0")) + png_chunk(b"IEND", b""))
 
 
 def save(im: Image.Image, path, fmt: str | None = None, **kw):

@@ -19,7 +19,6 @@ import os
 import shutil
 import struct
 import zipfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 from conftest import assert_clean_error
 from PIL import Image
+from pngs import png_header_only
 
 # ---- tiny data and config ---------------------------------------------------------------------
 
@@ -89,17 +89,6 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array(buf, arr, allow_pickle=False)
     return buf.getvalue()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_header_only(w: int, h: int) -> bytes:
-    """A PNG that declares w x h pixels but holds almost nothing (a decompression bomb)."""
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
-            + png_chunk(b"IDAT", zlib.compress(b"\0")) + png_chunk(b"IEND", b""))
 
 
 def png_bytes(arr: np.ndarray, **kw) -> bytes:

@@ -219,7 +219,7 @@ def test_a_planted_file_in_the_package_would_be_found(tmp_path):
 
 
 def test_pixel_limit_is_ours_after_reading_pictures(tmp_path):
-    from test_reliability_data import png_header_only
+    from pngs import png_header_only
 
     from cnncli.errors import DataError
     from cnncli.io import images
@@ -239,7 +239,7 @@ def test_pixel_limit_is_ours_after_reading_pictures(tmp_path):
 
 
 def test_limit_holds_even_if_another_library_switched_it_off(tmp_path, monkeypatch):
-    from test_reliability_data import png_header_only
+    from pngs import png_header_only
 
     from cnncli.errors import DataError
     from cnncli.io import images
