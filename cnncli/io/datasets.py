@@ -3,6 +3,8 @@
 A dataset reference is a named dataset or a path:
 
 - ``digits``: the bundled sample (5,000 MNIST digits, IDX files in ``sample_data/digits``);
+- ``typeset``: 1,200 bundled typeset digits framed as MNIST frames its digits (IDX files in
+  ``sample_data/typeset``; the test split is set in fonts the train split never uses);
 - ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` files in
   ``/usr/share/datasets/fashion-mnist``, or a folder given in ``CNNCLI_DATA``;
 - a folder holding an IDX pair (``train-images-idx3-ubyte[.gz]`` and
@@ -12,7 +14,9 @@ A dataset reference is a named dataset or a path:
   ``images`` -> ``labels``);
 - an image folder (``root/<class>/*.png``; see ``cnncli.io.folders``), or one with
   ``train/`` and ``test/`` sub-folders, of which ``split`` picks one;
-- an ``.npz`` with ``x`` and ``y`` (see ``cnncli.io.npz``).
+- an ``.npz`` with ``x`` and ``y`` (see ``cnncli.io.npz``);
+- a list of any of these, read one after the other as one dataset (same classes, same
+  image shape): ``[digits, typeset]``.
 
 Pixels stay as stored (uint8 0..255, or float32 in [0, 1]) and are converted to float
 only batch by batch (``Dataset.batch_float``), so a 60,000-image set costs 47 MB, not 188.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,9 @@ import numpy as np
 from cnncli.errors import DataError
 from cnncli.io.idx import read_idx
 
-NAMED_DATASETS = ("digits", "fashion-mnist")
+NAMED_DATASETS = ("digits", "typeset", "fashion-mnist")
+#: the named datasets bundled with cnncli: a folder of sample_data each, an IDX pair per split
+BUNDLED_DIGITS = {"digits": "the bundled digits sample", "typeset": "the bundled typeset digits"}
 FASHION_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 #: Fashion-MNIST's class names (Xiao, Rasul and Vollgraf, 2017), in label order.
 FASHION_CLASSES = [
@@ -183,13 +190,22 @@ def _fashion_dir() -> tuple[Path | None, list[str]]:
 # ---- loading -------------------------------------------------------------------------------
 
 
+def dataset_label(ref: str | Sequence[str] | None) -> str:
+    """A dataset reference as people read it: ``digits``, ``digits + typeset``."""
+    if ref is None:
+        return ""
+    if isinstance(ref, str):
+        return ref
+    return " + ".join(str(r) for r in ref)
+
+
 def load_dataset(
-    ref: str,
+    ref: str | Sequence[str],
     split: str = "train",
     input_shape: tuple[int, int, int] | None = None,
     framing: str | None = None,
 ) -> Dataset:
-    """Load a dataset reference (named or a path; see the module docstring).
+    """Load a dataset reference (named, a path, or a list of them; see the module docstring).
 
     ``split`` ("train" or "test") picks the file pair of IDX folders and named datasets.
     ``input_shape`` (C, H, W), when given, is checked: image folders are converted to it
@@ -198,6 +214,10 @@ def load_dataset(
     """
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; expected 'train' or 'test'")
+    if not isinstance(ref, str | os.PathLike):
+        return concat_datasets(
+            [load_dataset(r, split, input_shape, framing) for r in ref], dataset_label(ref)
+        )
     ref = str(ref)
     key = ref.strip().lower()
     if key in NAMED_DATASETS and not os.path.lexists(ref):
@@ -227,19 +247,66 @@ def load_dataset(
     return ds
 
 
+def concat_datasets(parts: list[Dataset], source: str) -> Dataset:
+    """The rows of ``parts`` one after the other as one Dataset.
+
+    The parts must have the same classes in the same order and the same image shape;
+    uint8 and float parts together give float32 in [0, 1].
+    """
+    if not parts:
+        raise DataError("an empty list of datasets", hint="name at least one dataset")
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    for ds in parts[1:]:
+        if list(ds.classes) != list(first.classes):
+            raise DataError(
+                f"the datasets of a list must have the same classes: {first.source} has "
+                f"{_class_list(first.classes)}, {ds.source} has {_class_list(ds.classes)}",
+                path=source,
+            )
+        if ds.x.shape[1:] != first.x.shape[1:]:
+            raise DataError(
+                f"the datasets of a list must have images of one shape: {first.source} has "
+                f"{list(first.x.shape[1:])}, {ds.source} has {list(ds.x.shape[1:])}",
+                path=source,
+            )
+    if all(ds.x.dtype == np.uint8 for ds in parts):
+        x = np.concatenate([ds.x for ds in parts])
+    else:
+        x = np.concatenate([ds.batch_float(slice(None)) for ds in parts])
+    info: dict[str, Any] = {}
+    for ds in parts:
+        for k, v in ds.info.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                info[k] = info.get(k, 0) + v
+            else:
+                info.setdefault(k, v)
+    return Dataset(
+        x=x, y=np.concatenate([np.asarray(ds.y, dtype=np.int64) for ds in parts]),
+        classes=list(first.classes), source=" + ".join(ds.source for ds in parts),
+        digit_like=all(ds.digit_like for ds in parts), info=info,
+    )
+
+
+def _class_list(classes: list[str]) -> str:
+    shown = ", ".join(str(c) for c in classes[:10])
+    return f"[{shown}{', ...' if len(classes) > 10 else ''}] ({len(classes)})"
+
+
 def _load_named(name: str, split: str) -> Dataset:
-    if name == "digits":
+    if name in BUNDLED_DIGITS:
         from cnncli.resources import sample_dir
 
-        folder = sample_dir() / "digits"
+        folder = sample_dir() / name
         pair = find_idx_pair(folder, split) if folder.is_dir() else None
         if pair is None:
             raise DataError(
-                "the bundled digits sample is missing from this installation",
+                f"{BUNDLED_DIGITS[name]} is missing from this installation",
                 path=str(folder),
                 hint="reinstall cnncli",
             )
-        ds = _load_idx_pair(*pair, classes=DIGIT_CLASSES, source=f"digits ({split})")
+        ds = _load_idx_pair(*pair, classes=DIGIT_CLASSES, source=f"{name} ({split})")
         ds.digit_like = True
         return ds
     folder, looked = _fashion_dir()

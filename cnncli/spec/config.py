@@ -56,7 +56,7 @@ TRAIN_KEYS = ("epochs", "batch_size", "loss", "optimizer", "schedule", "weight_d
 OPTIMIZER_KEYS = ("type", "lr", "momentum", "nesterov", "beta1", "beta2", "eps")
 SCHEDULE_KEYS = ("type", "step_size", "gamma", "min_lr", "warmup")
 DTYPES = ("float32", "float64")
-NAMED_DATASETS = ("digits", "fashion-mnist")
+NAMED_DATASETS = ("digits", "typeset", "fashion-mnist")
 SEED_LIMIT = 2**63
 _OPT_ONLY = {"momentum": "sgd", "nesterov": "sgd", "beta1": "adam", "beta2": "adam",
              "eps": "adam"}
@@ -234,6 +234,16 @@ def _defers(path: tuple, raw: dict) -> bool:
 # ---- sections ---------------------------------------------------------------------------------
 
 
+def _data_ref(ctx: Ctx, path: tuple, v: Any, base: Path) -> str | tuple[str, ...]:
+    """One dataset reference, or a list of them read as one dataset ([digits, typeset])."""
+    if not isinstance(v, list):
+        return _data_path(ctx, path, v, base)
+    if not v:
+        raise ctx.error(path, "expected a dataset or a list of datasets, got an empty list")
+    refs = tuple(_data_path(ctx, path + (i,), item, base) for i, item in enumerate(v))
+    return refs[0] if len(refs) == 1 else refs
+
+
 def _data_path(ctx: Ctx, path: tuple, v: Any, base: Path) -> str:
     s = as_str(ctx, path, v).strip()
     if not s:
@@ -247,8 +257,8 @@ def _data_path(ctx: Ctx, path: tuple, v: Any, base: Path) -> str:
 def _data(ctx: Ctx, raw: Any, base: Path) -> DataSpec:
     p = ("data",)
     d = mapping(ctx, p, raw if raw is not None else {}, DATA_KEYS, section="data")
-    train = _data_path(ctx, p + ("train",), d["train"], base) if "train" in d else None
-    test = _data_path(ctx, p + ("test",), d["test"], base) if "test" in d else None
+    train = _data_ref(ctx, p + ("train",), d["train"], base) if "train" in d else None
+    test = _data_ref(ctx, p + ("test",), d["test"], base) if "test" in d else None
     val = as_float(ctx, p + ("val_split",), d.get("val_split", 0.1), lo=0.0, hi=1.0,
                    hi_open=True)
     normalize = as_choice(ctx, p + ("normalize",), d.get("normalize", "standardize"), NORMALIZE)
@@ -346,6 +356,10 @@ def _train(ctx: Ctx, raw: Any) -> TrainSpec:
 # ---- resolved tree ----------------------------------------------------------------------------
 
 
+def _ref_tree(ref: str | tuple[str, ...] | None) -> str | list[str] | None:
+    return list(ref) if isinstance(ref, tuple) else ref
+
+
 def to_tree(cfg: Config) -> dict[str, Any]:
     """The whole config as plain data, explicit form, every default written out."""
     d, t = cfg.data, cfg.train
@@ -364,7 +378,7 @@ def to_tree(cfg: Config) -> dict[str, Any]:
     return {
         "model": network.net_to_tree(cfg.model),
         "data": {
-            "train": d.train, "test": d.test, "val_split": d.val_split,
+            "train": _ref_tree(d.train), "test": _ref_tree(d.test), "val_split": d.val_split,
             "normalize": d.normalize,
             "augment": {"rotate": d.augment.rotate, "shift": d.augment.shift,
                         "scale": d.augment.scale, "noise": d.augment.noise},

@@ -173,8 +173,10 @@ class Augment:
 
 @dataclass(frozen=True)
 class DataSpec:
-    train: str | None = None        # path (resolved against the config's folder) or named dataset
-    test: str | None = None
+    # a path (resolved against the config's folder) or a named dataset; a tuple of them is
+    # read as one dataset
+    train: str | tuple[str, ...] | None = None
+    test: str | tuple[str, ...] | None = None
     val_split: float = 0.1
     normalize: str = "standardize"
     augment: Augment = Augment()

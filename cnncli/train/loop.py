@@ -259,7 +259,12 @@ class _Data:
 
 
 def _load_data(config: Config, norm: dict | None) -> _Data:
-    from cnncli.io.datasets import compute_normalization, load_dataset, split_validation
+    from cnncli.io.datasets import (
+        compute_normalization,
+        dataset_label,
+        load_dataset,
+        split_validation,
+    )
 
     spec, data = config.model, config.data
     if not data.train:
@@ -305,7 +310,7 @@ def _load_data(config: Config, norm: dict | None) -> _Data:
             )
         from cnncli.engine.evaluate import map_labels
 
-        test_labels = map_labels(test.classes, classes, test.y, str(data.test))
+        test_labels = map_labels(test.classes, classes, test.y, dataset_label(data.test))
     framing = data.framing
     if framing is None:
         framing = "digit" if getattr(full, "digit_like", False) else "resize"
