@@ -4,7 +4,7 @@
     python bench/pictures.py --model runs/quickstart-1 --count 300
     python bench/pictures.py --seeds 0,1,2           # three training runs of each model
     python bench/pictures.py --misses /tmp/misses    # also save what the misses looked like
-    python bench/pictures.py --add-typeset 1000      # train on digits + 1,000 typeset digits
+    python bench/pictures.py --set data.train=digits # train on the handwritten digits only
 
 Steps:
 
@@ -25,9 +25,9 @@ Steps:
    accuracy by style (hand-drawn / typeset) and by digit; the most frequent confusions.
 
 Accuracy on these pictures moves by a few points from one training seed to the next (the
-test split by a fraction of one), so compare models over several ``--seeds``. The bundled
-digits are handwriting only; ``--add-typeset N`` adds N typeset digits in one font family
-to the training data and reports the pictures typeset in the other fonts apart.
+test split by a fraction of one), so compare models over several ``--seeds``. The default
+model trains on the bundled MNIST digits and the bundled typeset digits (drawn in the DejaVu
+Serif fonts only); pictures typeset in the other fonts are reported apart.
 """
 
 from __future__ import annotations
@@ -108,37 +108,19 @@ def make_pictures(out: Path, count: int, seed: int) -> dict[str, str]:
     return {}
 
 
-def make_typeset_training(out: Path, count: int, family: str, seed: int = 1234) -> list[str]:
-    """The bundled digits' train split plus ``count`` typeset digits, as an .npz; the fonts used.
+def typeset_training_fonts(run: str) -> list[str]:
+    """The fonts of the typeset digits a run trained on ([] when it used none of them)."""
+    from cnncli.io.checkpoint import load_model
 
-    The typeset digits are drawn like the held-out pictures (``make_sample._picture``: slant,
-    rotation, size, position, paper, blur, grain) but only in the fonts whose file name
-    starts with ``family``, with another random seed, and framed by ``frame_digit`` as
-    ``cnncli infer`` frames pictures; stored as uint8 28x28 like MNIST.
-    """
-    from cnncli.io.datasets import load_dataset
-    from cnncli.io.images import frame_digit
-
+    train = load_model(run)[1]["config_obj"].data.train
+    refs = [train] if isinstance(train, str) else list(train or [])
+    if "typeset" not in refs:
+        return []
     module = _make_sample_module()
-    if module is None or not callable(getattr(module, "_picture", None)):
-        raise SystemExit(f"cannot draw typeset digits with {MAKE_SAMPLE}")
-    fonts = [f for f in module._fonts() if f.stem.startswith(family)]
-    if not fonts:
-        raise SystemExit(f"no TrueType font whose name starts with {family!r} on this machine")
-    print(f"drawing {count} typeset digits in {len(fonts)} {family}* fonts for training",
-          file=sys.stderr, flush=True)
-    rng = np.random.default_rng(seed)
-    xs, ys = [], []
-    for i in range(count):
-        digit = i % 10
-        im = module._picture(digit, rng, fonts[int(rng.integers(len(fonts)))])
-        framed, _ = frame_digit(np.asarray(im, dtype=np.float32) / 255.0)
-        xs.append(np.uint8(np.round(np.clip(framed, 0.0, 1.0) * 255.0)))
-        ys.append(digit)
-    train = load_dataset("digits", "train")
-    np.savez(out, x=np.concatenate([train.x, np.stack(xs)[:, None]]),
-             y=np.concatenate([train.y, np.array(ys, dtype=np.int64)]))
-    return sorted(f.stem for f in fonts)
+    family = getattr(module, "TYPESET_TRAIN_FAMILY", None)
+    if module is None or family is None:
+        return []
+    return sorted(f.stem for f in module._fonts() if f.stem.startswith(family))
 
 
 def picture_files(folder: Path) -> list[Path]:
@@ -358,18 +340,18 @@ def confusions(runs: list[dict], top: int) -> list[tuple[int, int, int, list[str
 
 
 def report(models: dict[str, list[dict]], styles: dict[str, str], count: int, top: int,
-           trained_fonts: list[str] = ()) -> None:
+           data: str, trained_fonts: list[str] = ()) -> None:
     """Print the tables; ``models`` maps a model's name to its runs (one per training seed).
 
-    ``trained_fonts``: fonts that typeset training digits were drawn in (a column then gives
-    the accuracy on pictures typeset in other fonts)."""
+    ``data``: the training data, as named in the config. ``trained_fonts``: fonts that
+    typeset training digits were drawn in (a column then gives the accuracy on pictures
+    typeset in other fonts)."""
     width = max(len(n) for n in models) + 12
 
     def fmt(v: float) -> str:
         return "  -  " if v != v else f"{v:.3f}"
 
     print()
-    data = "the bundled digits" + (" and typeset digits" if trained_fonts else "")
     print(f"Reading {count} held-out digit pictures (not MNIST) with models trained on {data}")
     print()
     head = (f"{'model':{width}s} {'test split':>10s} {'pictures, digit':>16s} "
@@ -474,11 +456,6 @@ def main(argv: list[str] | None = None) -> None:
                     "to seed more than on the test split")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="passed to cnncli train (repeatable)")
-    ap.add_argument("--add-typeset", type=int, default=0, metavar="N",
-                    help="train on the bundled digits plus N typeset digits drawn in one font "
-                    "family (see --typeset-family); both models get the same data")
-    ap.add_argument("--typeset-family", default="DejaVuSerif",
-                    help="font file name prefix for --add-typeset (default DejaVuSerif)")
     ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch LeNet-5")
     ap.add_argument("--misses", type=Path, help="save each digit-framing miss of the first "
                     "cnncli model (picture and framed input) here")
@@ -493,10 +470,10 @@ def main(argv: list[str] | None = None) -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--seeds takes whole numbers separated by commas, got {args.seeds!r}")
-    if args.model and (args.overrides or seeds or args.add_typeset):
-        ap.error("--set, --seeds and --add-typeset apply to training runs; they cannot be "
-                 "used with --model")
+    if args.model and (args.overrides or seeds):
+        ap.error("--set and --seeds apply to training runs; they cannot be used with --model")
     from cnncli.io.checkpoint import load_model
+    from cnncli.io.datasets import dataset_label
 
     use_torch = not args.no_torch and torch_available()
     if not args.no_torch and not use_torch:
@@ -524,15 +501,8 @@ def main(argv: list[str] | None = None) -> None:
                 (folder / f.name).symlink_to(f.resolve())
 
         overrides = list(args.overrides)
-        trained_fonts: list[str] = []
-        if args.add_typeset > 0:
-            npz = work / "digits-and-typeset.npz"
-            trained_fonts = make_typeset_training(npz, args.add_typeset, args.typeset_family)
-            overrides += [f"data.train={npz}", "data.test=digits"]
         if args.model:
             label = f"cnncli {Path(args.model).name}"
-        elif args.add_typeset > 0:
-            label = f"cnncli train, + {args.add_typeset} typeset"
         else:
             label = "cnncli train" + (" --set ..." if args.overrides else " (default)")
         torch_label = "PyTorch LeNet-5 (same data, recipe)"
@@ -551,6 +521,8 @@ def main(argv: list[str] | None = None) -> None:
                              f"{trained['seconds']:.0f} s, best validation accuracy "
                              f"{trained['best_val_acc']:.4f}")
             cfg = load_model(run)[1]["config_obj"]
+            data_label = dataset_label(cfg.data.train)
+            trained_fonts = typeset_training_fonts(run)
             row = {"seed": int(cfg.train.seed), "run": run, "train": trained,
                    **measure_cnncli(run, folder)}
             models[label].append(row)
@@ -563,7 +535,7 @@ def main(argv: list[str] | None = None) -> None:
                                  f"{lenet['best_epoch']}, {lenet['params']:,} parameters, "
                                  f"torch {lenet['torch']}")
         models = {k: v for k, v in models.items() if v}
-        report(models, styles, len(files), args.top, trained_fonts)
+        report(models, styles, len(files), args.top, data_label, trained_fonts)
         if trained_fonts:
             print()
             print(f"typeset training digits drawn in: {', '.join(trained_fonts)}")
