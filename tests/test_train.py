@@ -208,7 +208,13 @@ def test_bad_data_leaves_no_empty_run_folder(cli, tiny, monkeypatch):
     monkeypatch.chdir(tiny.tmp)
     res = cli("train", tiny.spec, "--set", "data.train=missing.npz")
     assert_clean_error(res, 2, "missing.npz")
-    assert list((tiny.tmp / "runs").iterdir()) == []
+    assert not (tiny.tmp / "runs").exists()         # made for the run, removed with it
+    # a runs/ folder that was there before stays, with nothing new in it
+    (tiny.tmp / "runs").mkdir()
+    (tiny.tmp / "runs" / "old-1").mkdir()
+    res = cli("train", tiny.spec, "--set", "data.train=missing.npz")
+    assert_clean_error(res, 2, "missing.npz")
+    assert [p.name for p in (tiny.tmp / "runs").iterdir()] == ["old-1"]
 
 
 def test_memory_preflight_refuses_before_anything_is_created(cli, tiny):

@@ -1087,8 +1087,7 @@ def train(
     try:
         lock.acquire()
     except BaseException:
-        if created:
-            _remove_if_empty(run_dir)
+        _remove_if_empty(created)
         raise
     try:
         trainer = Trainer(
@@ -1098,19 +1097,20 @@ def train(
             trainer.setup()
         except BaseException:
             lock.release()
-            if created:
-                _remove_if_empty(run_dir)
+            _remove_if_empty(created)
             raise
         return trainer.run()
     finally:
         lock.release()
 
 
-def _open_run_dir(config: Config, out, runs_base, resume) -> tuple[Path, bool, Path | None]:
-    """The run folder (checked, probed for writing, made if new), whether it was created,
-    and the ``latest`` link to update (None when the folder is not in ``runs_base``)."""
+def _open_run_dir(config: Config, out, runs_base, resume
+                  ) -> tuple[Path, list[Path], Path | None]:
+    """The run folder (checked, probed for writing, made if new), the folders this made
+    (innermost first, to be removed again if training cannot start), and the ``latest``
+    link to update (None when the folder is not in ``runs_base``)."""
     base = Path(runs_base)
-    created = False
+    created: list[Path] = []
     if resume is not None:
         run_dir = resume.run_dir
         if out is not None and Path(out).resolve() != run_dir.resolve():
@@ -1119,13 +1119,18 @@ def _open_run_dir(config: Config, out, runs_base, resume) -> tuple[Path, bool, P
     elif out is not None:
         run_dir = Path(out)
         rundir.check_out_dir(run_dir)
-        created = rundir.make_dir(run_dir)
+        if rundir.make_dir(run_dir):
+            created.append(run_dir)
         rundir.probe_writable(run_dir)
     else:
-        rundir.make_dir(base)
-        rundir.probe_writable(base)
-        run_dir = rundir.new_run_dir(base, config.model.name or "run")
-        created = True
+        made_base = rundir.make_dir(base)
+        try:
+            rundir.probe_writable(base)
+            run_dir = rundir.new_run_dir(base, config.model.name or "run")
+        except BaseException:
+            _remove_if_empty([base] if made_base else [])
+            raise
+        created = [run_dir, base] if made_base else [run_dir]
     latest = None
     try:
         if run_dir.resolve().parent == base.resolve():
@@ -1144,7 +1149,7 @@ def _train_parallel(config: Config, *, out, runs_base, resume, callbacks, stop, 
 
     bs = max(1, int(config.train.batch_size))
     run_dir: Path | None = None
-    created = False
+    created: list[Path] = []
     latest = None
     lock = None
     err = None
@@ -1173,8 +1178,7 @@ def _train_parallel(config: Config, *, out, runs_base, resume, callbacks, stop, 
     except BaseException:
         if lock is not None:
             lock.release()
-        if created and run_dir is not None:
-            _remove_if_empty(run_dir)
+        _remove_if_empty(created)
         raise
     try:
         return trainer.run()
@@ -1183,12 +1187,16 @@ def _train_parallel(config: Config, *, out, runs_base, resume, callbacks, stop, 
             lock.release()
 
 
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        leftovers = [p for p in folder.iterdir() if p.name != "config.yaml"]
-        if not leftovers:
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a run that could not start made (innermost first), each only
+    when nothing but a config.yaml is in it."""
+    for folder in folders:
+        try:
+            leftovers = [p for p in folder.iterdir() if p.name != "config.yaml"]
+            if leftovers:
+                return
             for p in folder.iterdir():
                 p.unlink()
             folder.rmdir()
-    except OSError:
-        pass
+        except OSError:
+            return
