@@ -85,6 +85,36 @@ def test_paper_grain_and_grey_background():
     assert out[:3].max() == 0 and info["inverted"] is True
 
 
+@pytest.mark.parametrize("angle", [0, 90, 135, 200, 300])
+def test_a_shadow_across_the_paper_goes_with_the_paper(angle):
+    """Light falling off to 45% across the sheet: the darkened paper is not ink."""
+    clean, _ = frame_digit(drawn_seven())
+    img = drawn_seven()
+    h, w = img.shape
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    t = np.radians(angle)
+    ramp = np.cos(t) * xx + np.sin(t) * yy
+    ramp = (ramp - ramp.min()) / np.ptp(ramp)
+    shaded = img * (1.0 - 0.55 * ramp).astype(np.float32)
+    # the darkest paper (0.92 * 0.45 = 0.41) is darker than the middle grey between
+    # paper and ink: one paper level for the whole picture would call it ink
+    assert shaded[np.unravel_index(np.argmax(ramp), ramp.shape)] < 0.5
+    out, info = frame_digit(shaded)
+    top, left, bottom, right = info["bbox"]
+    assert 20 <= top <= 32 and 140 <= left <= 152 and 115 <= bottom <= 135
+    assert np.abs(out - clean).mean() < 0.02
+
+
+def test_ruled_paper_lines_are_not_the_digit():
+    clean, _ = frame_digit(drawn_seven())
+    img = drawn_seven()
+    img[5::22] = 0.62                                     # faint lines across the sheet
+    out, info = frame_digit(img)
+    top, left, bottom, right = info["bbox"]
+    assert 140 <= left and right - left < 100
+    assert np.abs(out - clean).mean() < 0.03
+
+
 def test_thin_strokes_are_thickened():
     out, info = frame_digit(drawn_seven(w=300, h=300, size=200, at=(40, 40), width=2))
     assert info["thickened"] >= 1

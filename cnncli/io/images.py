@@ -344,17 +344,41 @@ def _stroke_width(mask: np.ndarray) -> float:
     return 2.0 * area / boundary
 
 
+def _paper_level(g: np.ndarray, cells: int = 8) -> np.ndarray:
+    """The paper's level at every pixel of ``g`` (ink brighter than the paper), so that light
+    that varies across a picture (a shadow, a lamp to one side) is taken away with the paper.
+
+    The picture is cut into cells x cells tiles and a tile's level is its 20th percentile
+    (the paper, unless ink covers most of the tile); each tile then takes the lowest level of
+    its 3x3 neighbourhood (a tile inside a thick stroke borrows its neighbours'), the grid is
+    smoothed by a 3x3 mean and stretched back over the picture bilinearly.
+    """
+    h, w = g.shape
+    ny, nx = min(cells, h), min(cells, w)
+    th, tw = h // ny, w // nx
+    tiles = g[:ny * th, :nx * tw].reshape(ny, th, nx, tw).transpose(0, 2, 1, 3)
+    level = np.percentile(tiles.reshape(ny, nx, th * tw), 20, axis=-1).astype(np.float32)
+    low = level
+    for dy, dx in _NEIGHBOURS:
+        low = np.minimum(low, _shift(level, dy, dx, np.inf))
+    padded = np.pad(low, 1, mode="edge")
+    smooth = sum(padded[1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx]
+                 for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9.0
+    return resize_plane(smooth.astype(np.float32), (h, w))
+
+
 def frame_digit(img: np.ndarray, out: int = 28, box: int = 20,
                 stroke: float = 2.0) -> tuple[np.ndarray, dict[str, Any]]:
     """Frame a picture of one digit as MNIST did; return ((out, out) float32, info).
 
     Steps: grey; reduce to at most 112 px; decide the polarity from the border (the
-    paper) and invert dark-on-light to light-on-dark; subtract the paper level and
-    stretch; threshold (Otsu) and keep the ink's significant connected parts (noise
-    specks dropped); thicken strokes that would be thinner than ``stroke`` pixels after
-    scaling; crop the ink's bounding box; scale it (aspect kept) to fit ``box`` x
-    ``box``; place it in ``out`` x ``out`` with its centre of mass at the centre
-    (LeCun et al. 1998). ``info`` says what was done.
+    paper) and invert dark-on-light to light-on-dark; take away the paper's level, tile by
+    tile (so uneven light and shadows go with it; dark ink is measured relative to the
+    brightness of the paper around it), and stretch; threshold (Otsu) and keep
+    the ink's significant connected parts (noise specks dropped); thicken strokes that
+    would be thinner than ``stroke`` pixels after scaling; crop the ink's bounding box;
+    scale it (aspect kept) to fit ``box`` x ``box``; place it in ``out`` x ``out`` with
+    its centre of mass at the centre (LeCun et al. 1998). ``info`` says what was done.
     """
     g = to_grey(img)
     h0, w0 = g.shape
@@ -373,12 +397,18 @@ def frame_digit(img: np.ndarray, out: int = 28, box: int = 20,
         paper = 1.0 - paper
     info["inverted"] = bool(inverted)
     info["background"] = round(1.0 - paper if inverted else paper, 4)
-    contrast = float(g.max()) - paper
+    level = _paper_level(g)
+    ink = g - level
+    if inverted:
+        # dark ink on lit paper: light multiplies what the paper and the ink reflect, so
+        # the ink is measured against the brightness of the paper around it
+        ink /= np.maximum(1.0 - level, 0.05)
+    contrast = float(ink.max())
     empty = np.zeros((out, out), dtype=np.float32)
     if contrast < 0.08:
         info.update(empty=True, reason="no ink found (the picture is nearly uniform)")
         return empty, info
-    v = np.clip((g - paper) / contrast, 0.0, 1.0)
+    v = np.clip(ink / contrast, 0.0, 1.0)
     t = _otsu(v)
     mask = v > t
     labels = _components(mask)
