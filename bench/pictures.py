@@ -4,6 +4,7 @@
     python bench/pictures.py --model runs/quickstart-1 --count 300
     python bench/pictures.py --seeds 0,1,2           # three training runs of each model
     python bench/pictures.py --misses /tmp/misses    # also save what the misses looked like
+    python bench/pictures.py --effects               # the same pictures with shadows, ruled paper
     python bench/pictures.py --set data.train=digits # train on the handwritten digits only
 
 Steps:
@@ -54,17 +55,6 @@ STYLE_TYPE = "typeset"
 # ---- the held-out pictures ----------------------------------------------------------------
 
 
-class _SavedAs:
-    """A generated picture that notes its file name and style when it is saved."""
-
-    def __init__(self, image, style: str, log: dict[str, str]) -> None:
-        self.image, self.style, self.log = image, style, log
-
-    def save(self, path, *args, **kwargs):
-        self.log[Path(path).name] = self.style
-        return self.image.save(path, *args, **kwargs)
-
-
 def _make_sample_module():
     """tools/make_sample.py as a module, or None when it cannot be loaded."""
     spec = importlib.util.spec_from_file_location("make_sample", MAKE_SAMPLE)
@@ -81,31 +71,44 @@ def _style(font) -> str:
     return f"{STYLE_TYPE}: {Path(font).stem if font else 'Pillow default'}"
 
 
-def make_pictures(out: Path, count: int, seed: int) -> dict[str, str]:
+def make_pictures(out: Path, count: int, seed: int, effects: bool = False) -> dict[str, str]:
     """Draw ``count`` pictures with ``tools/make_sample.py heldout``; {file name: style}.
 
     The generator runs in this process so that each picture's style (pen strokes, or the
     font it was typeset in) can be noted as it is saved; the pictures are exactly those of
-    ``python tools/make_sample.py heldout --out OUT --count COUNT --seed SEED``. If the
-    generator's internals are not as expected, it runs as that command instead and the
-    styles are unknown ({}).
+    ``python tools/make_sample.py heldout --out OUT --count COUNT --seed SEED [--effects]``.
+    If the generator's internals are not as expected, it runs as that command instead and
+    the styles are unknown ({}).
     """
     argv = ["heldout", "--out", str(out), "--count", str(count), "--seed", str(seed)]
+    argv += ["--effects"] if effects else []
     module = _make_sample_module()
-    draw = getattr(module, "_picture", None)
-    if callable(draw):
+    draw, save = getattr(module, "_picture", None), getattr(module, "_save", None)
+    if callable(draw) and callable(save):
         styles: dict[str, str] = {}
+        drawn: list[str] = []
 
-        def noted(d, rng, font):
-            return _SavedAs(draw(d, rng, font), _style(font), styles)
+        def noted_draw(d, rng, font):
+            drawn.append(_style(font))
+            return draw(d, rng, font)
 
-        module._picture = noted
+        def noted_save(im, path):
+            styles[Path(path).name] = drawn.pop()
+            return save(im, path)
+
+        module._picture, module._save = noted_draw, noted_save
         with contextlib.redirect_stdout(sys.stderr):
             module.main(argv)
         return styles
     subprocess.run([sys.executable, str(MAKE_SAMPLE), *argv], check=True,
                    stdout=subprocess.DEVNULL)
     return {}
+
+
+def photo_effect(name: str) -> str:
+    """The photo effect in a picture's name (``3_k-shadow.png``), or "none"."""
+    stem = Path(name).stem
+    return stem.split("-", 1)[1] if "-" in stem else "none"
 
 
 def typeset_training_fonts(run: str) -> list[str]:
@@ -384,6 +387,17 @@ def report(models: dict[str, list[dict]], styles: dict[str, str], count: int, to
         for name, runs in models.items():
             print(f"{name:{width}s} " + " ".join(
                 f"{fmt(mean_accuracy(runs, 'digit', v)):>{max(18, len(c))}s}" for c, v in cols))
+    effects = collections.defaultdict(list)
+    for name in next(iter(models.values()))[0]["digit"]:
+        effects[photo_effect(name)].append(name)
+    if len(effects) > 1:
+        print()
+        print(f"pictures with digit framing, by photo effect{over}")
+        cols = [(f"{k} ({len(v)})", v) for k, v in sorted(effects.items())]
+        print(f"{'model':{width}s} " + " ".join(f"{c:>14s}" for c, _ in cols).rstrip())
+        for name, runs in models.items():
+            print(f"{name:{width}s} " + " ".join(
+                f"{fmt(mean_accuracy(runs, 'digit', v)):>{max(14, len(c))}s}" for c, v in cols))
     print()
     print(f"pictures with digit framing, by digit{over}")
     by_digit = collections.defaultdict(list)
@@ -446,6 +460,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pictures-seed", type=int, default=1,
                     help="random seed of the picture generator (default 1; the bundled "
                     "sample_data/pictures were drawn with 0)")
+    ap.add_argument("--effects", action="store_true",
+                    help="the same pictures with phone-photo effects (a shadow across the "
+                    "sheet, ruled or squared paper) on about three in four")
     ap.add_argument("--pictures", type=Path,
                     help="score these pictures (<digit>*.png) instead of drawing new ones")
     ap.add_argument("--model", help="a cnncli run folder or checkpoint to score instead of "
@@ -486,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
             pictures = args.pictures
         else:
             pictures = work / "pictures"
-            styles = make_pictures(pictures, args.count, args.pictures_seed)
+            styles = make_pictures(pictures, args.count, args.pictures_seed, args.effects)
         files = picture_files(pictures)
         if not files:
             raise SystemExit(f"no pictures named <digit>*.png in {pictures}")

