@@ -100,6 +100,7 @@ def test_a_shadow_across_the_paper_goes_with_the_paper(angle):
     # paper and ink: one paper level for the whole picture would call it ink
     assert shaded[np.unravel_index(np.argmax(ramp), ramp.shape)] < 0.5
     out, info = frame_digit(shaded)
+    assert info["paper_variation"] > 0.3 > frame_digit(img)[1]["paper_variation"]
     top, left, bottom, right = info["bbox"]
     assert 20 <= top <= 32 and 140 <= left <= 152 and 115 <= bottom <= 135
     assert np.abs(out - clean).mean() < 0.02

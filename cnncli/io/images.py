@@ -398,6 +398,8 @@ def frame_digit(img: np.ndarray, out: int = 28, box: int = 20,
     info["inverted"] = bool(inverted)
     info["background"] = round(1.0 - paper if inverted else paper, 4)
     level = _paper_level(g)
+    # how far the paper's level moves across the picture (0: evenly lit), taken away below
+    info["paper_variation"] = round(float(np.ptp(level)), 4)
     ink = g - level
     if inverted:
         # dark ink on lit paper: light multiplies what the paper and the ink reflect, so
