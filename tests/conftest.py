@@ -57,3 +57,19 @@ def assert_clean_error(res: CliResult, code: int, *needles: str) -> None:
     assert "Traceback" not in out, out
     for needle in needles:
         assert needle in out, (needle, out)
+
+
+@pytest.fixture
+def readonly_probe(monkeypatch):
+    """Make the run folder's write probe fail as on a read-only file system."""
+    import errno
+    import os
+
+    real_open = os.open
+
+    def ro(path, *a, **k):
+        if ".write-probe" in str(path):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", ro)

@@ -185,21 +185,13 @@ def test_out_that_is_a_file_is_refused(cli, tiny):
     assert_clean_error(cli("train", tiny.spec, "--out", f), 2, "not a folder")
 
 
-def test_unwritable_out_is_refused_before_data_is_read(cli, tiny, monkeypatch):
+def test_unwritable_out_is_refused_before_data_is_read(cli, tiny, monkeypatch, readonly_probe):
     import cnncli.io.datasets as datasets
 
     def no_read(*a, **k):
         raise AssertionError("data read before the write probe")
 
     monkeypatch.setattr(datasets, "load_dataset", no_read)
-    real_open = os.open
-
-    def ro(path, *a, **k):
-        if ".write-probe" in str(path):
-            raise OSError(errno.EROFS, "Read-only file system")
-        return real_open(path, *a, **k)
-
-    monkeypatch.setattr(os, "open", ro)
     res = cli("train", tiny.spec, "--out", tiny.tmp / "ro")
     assert_clean_error(res, 2, "cannot write to", "read-only")
 

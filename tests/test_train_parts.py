@@ -3,7 +3,6 @@ signals, curves."""
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import subprocess
@@ -103,18 +102,10 @@ def test_check_out_dir(tmp_path):
         rundir.check_out_dir(tmp_path / "file")
 
 
-def test_probe_reports_unwritable_folder(tmp_path, monkeypatch):
+def test_probe_reports_unwritable_folder(tmp_path, request):
     rundir.probe_writable(tmp_path)
     assert list(tmp_path.iterdir()) == []
-
-    real_open = os.open
-
-    def ro(path, *a, **k):
-        if ".write-probe" in str(path):
-            raise OSError(errno.EROFS, "Read-only file system")
-        return real_open(path, *a, **k)
-
-    monkeypatch.setattr(os, "open", ro)
+    request.getfixturevalue("readonly_probe")
     with pytest.raises(CnncliError) as e:
         rundir.probe_writable(tmp_path)
     assert e.value.code == 2 and "read-only" in str(e.value)
