@@ -56,7 +56,6 @@ TRAIN_KEYS = ("epochs", "batch_size", "loss", "optimizer", "schedule", "weight_d
 OPTIMIZER_KEYS = ("type", "lr", "momentum", "nesterov", "beta1", "beta2", "eps")
 SCHEDULE_KEYS = ("type", "step_size", "gamma", "min_lr", "warmup")
 DTYPES = ("float32", "float64")
-NAMED_DATASETS = ("digits", "typeset", "fashion-mnist")
 SEED_LIMIT = 2**63
 _OPT_ONLY = {"momentum": "sgd", "nesterov": "sgd", "beta1": "adam", "beta2": "adam",
              "eps": "adam"}
